@@ -1,0 +1,137 @@
+"""The admin REST API and the process endpoints (/healthz, /readyz, /metrics, /ui).
+
+Handlers read the JSON themselves and hand it to `placement.registry`, which validates it; errors are
+mapped once, by the exception handler installed in `build_admin_app`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from adapters.errors import ModelyardError
+from gateway.dataplane import DataPlane
+from gateway.errors import BadRequest, Unauthorized, to_http
+from gateway.metrics import Metrics
+from gateway.ui import UI_HTML
+from placement.records import check_name
+from placement.registry import Registry
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def build_admin_app(registry: Registry, dataplane: DataPlane, metrics: Metrics, admin_token: str) -> FastAPI:
+    app = FastAPI(title="modelyard admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
+
+    @app.exception_handler(ModelyardError)
+    async def _modelyard_error(_request: Request, exc: ModelyardError) -> Response:
+        err = to_http(exc)
+        return Response(err.body(), status_code=err.status, headers=dict(err.headers()))
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_request: Request, exc: ValueError) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
+            raise Unauthorized(
+                "missing or wrong admin token: send 'Authorization: Bearer <token>' (the token printed at start "
+                "or set with --admin-token / MODELYARD_ADMIN_TOKEN)"
+            )
+
+    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+
+    @admin.put("/backends/{backend_id}")
+    async def put_backend(backend_id: str, request: Request) -> Any:
+        return await registry.put_backend(backend_id, await _body(request))
+
+    @admin.get("/backends")
+    async def list_backends() -> Any:
+        return {"backends": await registry.list_backends()}
+
+    @admin.get("/backends/{backend_id}")
+    async def get_backend(backend_id: str) -> Any:
+        return await registry.backend_json(backend_id)
+
+    @admin.delete("/backends/{backend_id}")
+    async def delete_backend(backend_id: str) -> Any:
+        return await registry.delete_backend(backend_id)
+
+    @admin.put("/models/{name}")
+    async def put_model(name: str, request: Request) -> Any:
+        return await registry.put_model(name, await _body(request))
+
+    @admin.get("/models")
+    async def list_models(limit: int = 100, cursor: str | None = None) -> Any:
+        if cursor is not None:
+            check_name("model", cursor)
+        return await registry.list_models(limit, cursor)
+
+    @admin.get("/models/{name}")
+    async def get_model(name: str) -> Any:
+        return await registry.model_json(name)
+
+    @admin.delete("/models/{name}")
+    async def delete_model(name: str) -> Any:
+        return await registry.delete_model(name)
+
+    @admin.post("/models/{name}/load")
+    async def load_model(name: str) -> Any:
+        return await registry.load_model(name)
+
+    @admin.post("/models/{name}/unload")
+    async def unload_model(name: str) -> Any:
+        await registry.status(name)
+        unloaded = await registry.unload_model(name)
+        return {**await registry.model_json(name), "unloaded_from": unloaded}
+
+    @admin.get("/placement")
+    async def placement() -> Any:
+        return await registry.placement()
+
+    app.include_router(admin)
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        try:
+            ok = await registry.store.ping() and dataplane.ready
+        except Exception as exc:
+            return JSONResponse({"error": f"Redis is not reachable: {exc}"}, status_code=503)
+        if not ok:
+            return JSONResponse({"error": "the gateway has not synced with Redis yet"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/ui")
+    async def ui(request: Request, token: str | None = None) -> Response:
+        # A browser can't send a bearer header on navigation: the page also accepts ?token=.
+        if token is not None:
+            if not hmac.compare_digest(token.encode(), admin_token.encode()):
+                raise Unauthorized("wrong admin token in ?token=")
+        else:
+            require_token(request)
+        return HTMLResponse(UI_HTML)
+
+    return app

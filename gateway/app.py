@@ -1,0 +1,106 @@
+"""Wiring: one gateway = Redis store + placement + data plane + front ends. No I/O until `start()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from adapters.base import RuntimeAdapter
+from adapters.factory import make_adapter
+from gateway.admin import build_admin_app
+from gateway.dataplane import DataPlane
+from gateway.http_dataplane import HttpDataPlane, Receive, Scope, Send
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from placement.clock import Clock, SystemClock
+from placement.placer import Placer
+from placement.records import BackendSpec
+from placement.registry import Registry
+from placement.store import RedisStore
+
+log = logging.getLogger("modelyard")
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: aioredis.Redis,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.clock = clock or SystemClock()
+        self.store = RedisStore(redis_client, settings.placement.redis_prefix)
+        self.placer = Placer(self.store, self._adapter, settings.placement, self.clock)
+        self.registry = Registry(self.placer)
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics.watch("placement", self._placement_metrics)
+        self.dataplane = DataPlane(self.placer, settings, self.metrics)
+        self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
+        self.admin = build_admin_app(self.registry, self.dataplane, self.metrics, settings.admin_token)
+        self._starting: asyncio.Task[None] | None = None
+
+    def _adapter(self, spec: BackendSpec) -> RuntimeAdapter:
+        return make_adapter(spec.kind, spec.id, spec.url, spec.grpc_url, self.settings.placement.load_timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and HttpDataPlane.handles(scope["path"]):
+            await self.http(scope, receive, send)
+        else:
+            await self.admin(scope, receive, send)
+
+    async def start(self) -> None:
+        """Sync with Redis (retrying until it answers) and start the background work."""
+        await self.placer.start()
+        self.dataplane.ready = True
+        log.info(
+            "placement synced with Redis: %d backends, %d models",
+            len(self.placer.view.backends),
+            len(self.placer.view.models),
+        )
+
+    def start_in_background(self) -> None:
+        self._starting = asyncio.create_task(self.start())
+
+    async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        await self.placer.stop()
+        await self.redis.aclose()
+
+    def _placement_metrics(self) -> Iterator[Any]:
+        ev = self.placer.loader.events
+        for name, value, doc in (
+            ("modelyard_loads", ev.loads, "Model loads this gateway completed."),
+            ("modelyard_load_failures", ev.load_failures, "Model loads that failed."),
+            ("modelyard_evictions", ev.evictions, "Copies this gateway evicted to make room."),
+            ("modelyard_unloads", ev.unloads, "Copies this gateway unloaded (evictions, admin, drain)."),
+            ("modelyard_load_joins", ev.joined, "Requests that joined a load already under way."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        calls = CounterMetricFamily("modelyard_redis_calls", "Redis calls by kind.", labels=["kind"])
+        for kind, n in sorted(self.store.calls.items()):
+            calls.add_metric([kind], n)
+        yield calls
+        loaded = GaugeMetricFamily(
+            "modelyard_backend_models", "Copies per backend as this gateway sees them.", labels=["backend"]
+        )
+        for bid in self.placer.view.backends:
+            n = sum(1 for held in self.placer.view.copies.values() if bid in held)
+            loaded.add_metric([bid], n)
+        yield loaded
+        yield GaugeMetricFamily(
+            "modelyard_inflight", "Requests in flight to backends.", value=self.placer.usage.total_inflight()
+        )

@@ -1,0 +1,90 @@
+"""The `modelyard` command. Every flag of `serve` can also come from its MODELYARD_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import Settings
+from placement.settings import PlacementSettings
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelyard", description="A gateway that overcommits models on Triton.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run one gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def add(flag: str, env: str, default: str | None, kind: type = str, help: str = "") -> None:
+        s.add_argument(flag, default=_env(env, default), type=kind, help=f"{help} [{env}]")
+
+    add("--host", "MODELYARD_HOST", "127.0.0.1", help="address to listen on")
+    add("--http-port", "MODELYARD_HTTP_PORT", "8080", int, "data plane, admin API and /metrics")
+    add("--grpc-port", "MODELYARD_GRPC_PORT", "8081", int, "gRPC data plane")
+    add("--redis-url", "MODELYARD_REDIS_URL", None, help="shared state; absent: an embedded Redis is started")
+    add("--admin-token", "MODELYARD_ADMIN_TOKEN", None, help="bearer token for /admin; absent: one is generated")
+    add("--redis-prefix", "MODELYARD_REDIS_PREFIX", "modelyard", help="prefix of every Redis key")
+    add("--load-timeout", "MODELYARD_LOAD_TIMEOUT", "120", float, "seconds a request waits for a cold load")
+    add("--backend-timeout", "MODELYARD_BACKEND_TIMEOUT", "60", float, "seconds for one forwarded request")
+    add("--max-body-bytes", "MODELYARD_MAX_BODY_BYTES", str(64 * 1024 * 1024), int, "largest request body")
+    add("--lease-ttl", "MODELYARD_LEASE_TTL", "15", float, "seconds a load lease lives without renewal")
+    add(
+        "--usage-flush-interval",
+        "MODELYARD_USAGE_FLUSH_INTERVAL",
+        "0.5",
+        float,
+        "seconds between batched last-used writes",
+    )
+    add("--shutdown-grace", "MODELYARD_SHUTDOWN_GRACE", "30", float, "seconds in-flight requests get on SIGTERM")
+    add("--log-level", "MODELYARD_LOG_LEVEL", "info", help="debug, info, warning, error")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    token = args.admin_token
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"modelyard: generated admin token (shown once): {token}", file=sys.stderr, flush=True)
+    for name in ("http_port", "grpc_port"):
+        port = getattr(args, name)
+        if not 0 < port < 65536:
+            raise SystemExit(f"modelyard: --{name.replace('_', '-')} must be a port number, got {port}")
+    if args.load_timeout <= 0 or args.backend_timeout <= 0 or args.max_body_bytes <= 0:
+        raise SystemExit("modelyard: --load-timeout, --backend-timeout and --max-body-bytes must be positive")
+    return Settings(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        redis_url=args.redis_url,
+        admin_token=token,
+        max_body_bytes=args.max_body_bytes,
+        backend_timeout=args.backend_timeout,
+        shutdown_grace=args.shutdown_grace,
+        log_level=args.log_level.lower(),
+        placement=PlacementSettings(
+            redis_prefix=args.redis_prefix,
+            load_timeout=args.load_timeout,
+            lease_ttl=args.lease_ttl,
+            usage_flush_interval=args.usage_flush_interval,
+        ),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from gateway.server import run
+
+        return run(settings_from_args(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The data plane: one object that every protocol front end calls, whatever the protocol.
+
+A call names a model (routes resolve to models here when traffic management lands). For a warm model the
+path is: local view -> backend -> forward, with no Redis round trip. A cold model waits for a coalesced
+load. A request that meets a model being unloaded (the backend says it does not hold it) is retried once
+through placement, unseen by the client. Bodies are bytes: never parsed here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from adapters.base import ForwardRequest, ForwardResponse
+from adapters.errors import ModelNotLoaded
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from placement.errors import UnknownModel
+from placement.placer import Placer
+
+
+@dataclass(slots=True)
+class Call:
+    protocol: str  # "kserve" | "tfserving"
+    method: str
+    name: str  # as the client called it: a model (or, later, a route)
+    version: str | None
+    op: str
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Answer:
+    response: ForwardResponse
+    model: str
+    backend: str
+    cold: bool = False
+    hedged: bool = False
+
+
+class DataPlane:
+    def __init__(self, placer: Placer, settings: Settings, metrics: Metrics) -> None:
+        self.placer = placer
+        self.settings = settings
+        self.metrics = metrics
+        self.ready = False  # set once placement has its first view of Redis
+
+    def resolve(self, name: str) -> str:
+        if self.placer.model(name) is None:
+            raise UnknownModel(
+                f"no model or route named {name!r} is registered; register it with PUT /admin/models/{name}"
+            )
+        return name
+
+    async def call(self, call: Call) -> Answer:
+        model = self.resolve(call.name)
+        backend = self.placer.warm_backend(model)
+        cold = backend is None
+        if backend is None:
+            backend = await self._cold(model)
+        try:
+            resp = await self._forward(call, model, backend)
+        except ModelNotLoaded:
+            # The copy went away under us (evicted by another gateway, or the backend restarted): once more.
+            self.metrics.retries.labels("model_not_loaded").inc()
+            await self.placer.copy_missing(model, backend)
+            retry = self.placer.warm_backend(model, exclude=(backend,))
+            if retry is None:
+                retry = await self._cold(model)
+                cold = True
+            backend = retry
+            resp = await self._forward(call, model, backend)
+        return Answer(resp, model, backend, cold=cold)
+
+    async def _cold(self, model: str) -> str:
+        started = time.perf_counter()
+        self.metrics.placement.labels("miss").inc()
+        try:
+            return await self.placer.ensure(model)
+        finally:
+            self.metrics.cold_wait.observe(time.perf_counter() - started)
+
+    async def _forward(self, call: Call, model: str, backend: str) -> ForwardResponse:
+        usage = self.placer.usage
+        usage.start(model, backend)
+        try:
+            return await self.placer.adapter(backend).forward(
+                ForwardRequest(
+                    call.protocol,
+                    call.method,
+                    model,
+                    call.version,
+                    call.op,
+                    call.body,
+                    call.headers,
+                    self.settings.backend_timeout,
+                )
+            )
+        finally:
+            usage.finish(model, backend)
+
+    def model_servable(self, name: str) -> bool:
+        """For readiness without a load: registered, and some usable backend of its runtime exists."""
+        spec = self.placer.model(self.resolve(name))
+        if spec is None:
+            return False
+        view = self.placer.view
+        return any(r.spec.kind == spec.runtime and view.usable(b) for b, r in view.backends.items())

@@ -1,0 +1,203 @@
+"""The HTTP data plane as a plain ASGI app: KServe v2 (Open Inference Protocol) paths.
+
+Thin on purpose: it parses the path, buffers the body up to the limit, calls `DataPlane.call`, and writes
+the backend's answer back byte for byte with modelyard's headers. It runs below FastAPI's routing so the
+warm path pays for nothing it does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from adapters.errors import ModelyardError
+from gateway.dataplane import Answer, Call, DataPlane
+from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, to_http
+from gateway.metrics import Metrics
+from placement.errors import UnknownModel
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Request headers passed on to the backend; the rest (auth, cookies, hop-by-hop) stay at the gateway.
+FORWARD_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "accept",
+        "accept-encoding",
+        "inference-header-content-length",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+        "triton-grpc-protocol-infer-header",
+    }
+)
+KSERVE_OPS = {"infer": "POST", "ready": "GET", "": "GET", "config": "GET", "stats": "GET"}
+SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+class HttpDataPlane:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+        self.dp = dataplane
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path == "/v2" or path.startswith("/v2/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        op = "other"
+        try:
+            method = scope["method"]
+            path = scope["path"]
+            if path in ("/v2", "/v2/"):
+                op = "server_metadata"
+                await _json(send, 200, SERVER_METADATA)
+                return
+            if path == "/v2/health/live":
+                op = "live"
+                await _empty(send, 200)
+                return
+            if path == "/v2/health/ready":
+                op = "server_ready"
+                await _empty(send, 200 if self.dp.ready else 503)
+                return
+            name, version, op = parse_kserve_path(path)
+            expected = KSERVE_OPS[op]
+            if method != expected:
+                raise BadRequest(f"{method} is not allowed on {path}; use {expected}")
+            if not self.dp.ready:
+                raise NotReady("the gateway has not reached Redis yet; try again in a moment")
+            if op == "ready":
+                await self._ready(send, name, version)
+                return
+            body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
+            headers = forward_headers(scope)
+            answer = await self.dp.call(Call("kserve", method, name, version, op, body, headers))
+            await send_answer(send, answer)
+            self.metrics.requests.labels("http", op or "metadata", str(answer.response.status)).inc()
+        except ModelyardError as exc:
+            err = to_http(exc)
+            await _error(send, err)
+            self.metrics.requests.labels("http", op or "metadata", str(err.status)).inc()
+        finally:
+            self.metrics.latency.labels("http", op or "metadata").observe(time.perf_counter() - started)
+
+    async def _ready(self, send: Send, name: str, version: str | None) -> None:
+        model = self.dp.resolve(name)
+        backend = self.dp.placer.warm_backend(model)
+        if backend is not None:
+            answer = await self.dp.call(Call("kserve", "GET", name, version, "ready"))
+            await send_answer(send, answer)
+            return
+        # A cold model is ready to serve when some backend can load it; readiness does not load it.
+        await _empty(send, 200 if self.dp.model_servable(model) else 503, [(b"x-modelyard-model", model.encode())])
+
+
+def parse_kserve_path(path: str) -> tuple[str, str | None, str]:
+    """`/v2/models/{name}[/versions/{v}][/infer|/ready|/config|/stats]` -> (name, version, op)."""
+    parts = path.split("/")
+    # ['', 'v2', 'models', name, ...]
+    if len(parts) < 4 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
+        if len(parts) >= 3 and parts[2] == "repository":
+            raise UnknownModel(
+                "the repository API is not exposed by the gateway: models are loaded on demand; "
+                "use the admin API (/admin/models/{name}/load) to warm one"
+            )
+        raise UnknownModel(f"no such path {path}; see /v2/models/{{name}}[/versions/{{v}}]/infer")
+    name = unquote(parts[3])
+    rest = parts[4:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version = unquote(rest[1])
+        if not version:
+            raise BadRequest(f"empty version in {path}")
+        rest = rest[2:]
+    if not rest or rest == [""]:
+        return name, version, ""
+    if len(rest) == 1 and rest[0] in KSERVE_OPS:
+        return name, version, rest[0]
+    raise UnknownModel(f"no such path {path}; operations are infer, ready, config, stats or none (metadata)")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for k, v in scope["headers"]:
+        if k == b"content-length":
+            try:
+                declared = int(v)
+            except ValueError:
+                raise BadRequest("malformed Content-Length header") from None
+            if declared > limit:
+                raise BodyTooLarge(f"request body of {declared} bytes is over the gateway's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the gateway's limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def forward_headers(scope: Scope) -> list[tuple[str, str]]:
+    out = []
+    for k, v in scope["headers"]:
+        key = k.decode("latin-1")
+        if key in FORWARD_HEADERS:
+            out.append((key, v.decode("latin-1")))
+    return out
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    resp = answer.response
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+    headers.append((b"content-length", str(len(resp.body)).encode()))
+    headers.append((b"x-modelyard-model", answer.model.encode()))
+    headers.append((b"x-modelyard-backend", answer.backend.encode()))
+    if answer.cold:
+        headers.append((b"x-modelyard-cold", b"1"))
+    if answer.hedged:
+        headers.append((b"x-modelyard-hedged", b"1"))
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+async def _error(send: Send, err: HttpError) -> None:
+    body = err.body()
+    headers = [(k.encode(), v.encode()) for k, v in err.headers()]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, data: Any, body: bytes | None = None) -> None:
+    payload = json.dumps(data).encode() if body is None else body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _empty(send: Send, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-length", b"0"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the gateway, on a registry passed in (never a global created at import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "modelyard_requests",
+            "Data-plane requests by protocol, operation and status code.",
+            ["protocol", "op", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "modelyard_request_seconds",
+            "Whole data-plane request latency, as the gateway saw it.",
+            ["protocol", "op"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.placement = Counter(
+            "modelyard_placement",
+            "Requests that found a warm copy (hit) or needed a load (miss).",
+            ["result"],
+            registry=registry,
+        )
+        self.cold_wait = Histogram(
+            "modelyard_cold_wait_seconds",
+            "Time requests spent waiting for a cold load.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "modelyard_retries", "Requests retried transparently, by reason.", ["reason"], registry=registry
+        )
+
+    def watch(self, name: str, collect: Callable[[], Iterator[CounterMetricFamily | GaugeMetricFamily]]) -> None:
+        """Expose values owned elsewhere (placement counters, Redis calls) at scrape time."""
+        self.registry.register(_FnCollector(collect))
+
+
+class _FnCollector(Collector):
+    def __init__(self, fn: Callable[[], Iterator[CounterMetricFamily | GaugeMetricFamily]]) -> None:
+        self.fn = fn
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from self.fn()

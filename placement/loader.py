@@ -1,0 +1,341 @@
+"""Getting a ready copy of a model: coalesced loads, leases with fencing tokens, slots, eviction.
+
+`Loader.ensure(model)` returns a backend that holds a ready copy. Concurrent calls for one model share one
+task in this process; across gateways, the one that holds the model's Redis lease does the work and the
+others wait for its events. Within the lease, the procedure is:
+
+1. look in Redis for a ready copy (another gateway may have just loaded it);
+2. reserve a slot on a backend with a Lua script that counts the backend's copies atomically;
+3. when no backend has room, evict the least recently used copy that may be evicted: mark it unloading,
+   wait for the backend to finish unloading it, free its slot; then try to reserve again;
+4. load, then commit the copy as ready; the commit is refused if the lease's fencing token moved on.
+
+A failed load marks the copy failed with the backend's reason and backs the model off exponentially, so a
+model that keeps failing is not reloaded in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from adapters.base import LoadRequest, RuntimeAdapter
+from adapters.errors import BackendError, BackendLoadError
+from placement.clock import Clock
+from placement.errors import LeaseLost, LoadFailed, NoCapacity, UnknownModel
+from placement.policy import BackendChooser, BackendLoad, EvictionCandidate, EvictionPolicy
+from placement.records import CopyRecord, CopyState, ModelSpec
+from placement.settings import PlacementSettings
+from placement.store import RedisStore
+from placement.usage import Usage
+from placement.view import PlacementView
+
+log = logging.getLogger("modelyard.placement")
+
+
+class LoadEvents:
+    """Counters the loader moves; the gateway's metrics read them. Plain integers, no registry here."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.load_failures = 0
+        self.evictions = 0
+        self.unloads = 0
+        self.joined = 0  # requests that joined a load already under way in this process
+        self.eviction_ages: list[float] = []  # idle time of each evicted copy, drained by metrics
+        self.load_seconds: list[float] = []
+
+
+class Loader:
+    def __init__(
+        self,
+        store: RedisStore,
+        view: PlacementView,
+        usage: Usage,
+        adapters: Callable[[str], RuntimeAdapter],
+        settings: PlacementSettings,
+        clock: Clock,
+        chooser: BackendChooser,
+        eviction: EvictionPolicy,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.usage = usage
+        self.adapter = adapters
+        self.settings = settings
+        self.clock = clock
+        self.chooser = chooser
+        self.eviction = eviction
+        self.events = LoadEvents()
+        self._tasks: dict[str, asyncio.Task[str]] = {}
+
+    # -- the entry point -------------------------------------------------------------------------------
+    async def ensure(self, name: str, timeout: float | None = None) -> str:
+        """A backend holding a ready copy of `name`, loading one if needed. Coalesced per model."""
+        task = self._tasks.get(name)
+        if task is None:
+            task = asyncio.create_task(self._ensure_task(name), name=f"modelyard-load-{name}")
+            self._tasks[name] = task
+            task.add_done_callback(lambda _t: self._tasks.pop(name, None))
+        else:
+            self.events.joined += 1
+        wait = self.settings.load_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), wait)
+        except TimeoutError:
+            raise NoCapacity(
+                f"model {name!r} is not ready after waiting {wait:g} s for its load; try again shortly",
+                retry_after=max(1.0, self.settings.wait_poll * 4),
+            ) from None
+
+    async def ensure_copies(self, name: str, want: int) -> int:
+        """Load copies of `name` on distinct backends until `want` are ready (or no room); returns how many."""
+        spec = self.view.models.get(name) or await self.store.get_model_spec(name)
+        if spec is None:
+            raise UnknownModel(f"model {name!r} is not registered")
+        token = await self.store.lease_try(name, int(self.settings.lease_ttl * 1000))
+        if token is None:
+            return len(self.view.ready_backends(name))
+        deadline = self.clock.monotonic() + self.settings.load_timeout
+        renew = asyncio.create_task(self._renew(name, token))
+        try:
+            while True:
+                copies = await self.store.copies_of(name)
+                ready = [c for c in copies if c.state is CopyState.READY and self.view.usable(c.backend)]
+                if len(ready) >= want:
+                    return len(ready)
+                backend = await self._reserve(spec, token, copies, deadline)
+                await self._load(spec, backend, token)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(Exception):
+                await self.store.lease_release(name, token)
+
+    def loading(self, name: str) -> bool:
+        return name in self._tasks
+
+    async def _ensure_task(self, name: str) -> str:
+        deadline = self.clock.monotonic() + self.settings.load_timeout
+        while True:
+            spec = self.view.models.get(name) or await self.store.get_model_spec(name)
+            if spec is None:
+                raise UnknownModel(f"model {name!r} is not registered")
+            ready = await self._ready_copy(name)
+            if ready is not None:
+                return ready
+            await self._check_backoff(name)
+            token = await self.store.lease_try(name, int(self.settings.lease_ttl * 1000))
+            if token is None:
+                # Another gateway is loading it: wait for its events (or a short poll), then look again.
+                if self.clock.monotonic() >= deadline:
+                    raise NoCapacity(f"model {name!r} is still being loaded by another gateway", 1.0)
+                await self.view.wait(name, self.settings.wait_poll)
+                continue
+            renew = asyncio.create_task(self._renew(name, token))
+            try:
+                return await self._place(spec, token, deadline)
+            except LeaseLost as exc:
+                # Whoever holds the lease now finishes (or adopts) the load; look again.
+                log.warning("%s", exc)
+                continue
+            finally:
+                renew.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renew
+                with contextlib.suppress(Exception):
+                    await self.store.lease_release(name, token)
+
+    async def _ready_copy(self, name: str) -> str | None:
+        copies = await self.store.copies_of(name)
+        ready = [c.backend for c in copies if c.state is CopyState.READY and self.view.usable(c.backend)]
+        for c in copies:
+            self.view.set_copy(name, c.backend, c.state)
+        return ready[0] if ready else None
+
+    async def _check_backoff(self, name: str) -> None:
+        status = await self.store.model_status(name)
+        if status and status.retry_at and status.retry_at > self.clock.now():
+            wait = status.retry_at - self.clock.now()
+            raise LoadFailed(
+                f"model {name!r} failed to load ({status.failures} time(s) in a row): {status.last_error}; "
+                f"the next attempt is allowed in {wait:.1f} s",
+                reason=status.last_error or "",
+                retry_after=wait,
+            )
+
+    async def _renew(self, name: str, token: int) -> None:
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl / 3)
+            if not await self.store.lease_renew(name, token, ttl_ms):
+                log.warning("lost the load lease of %s (token %d)", name, token)
+                return
+
+    # -- under the lease -------------------------------------------------------------------------------
+    async def _place(self, spec: ModelSpec, token: int, deadline: float) -> str:
+        name = spec.name
+        copies = await self.store.copies_of(name)
+        for c in copies:
+            if c.state is CopyState.READY and self.view.usable(c.backend):
+                return c.backend
+        backend = None
+        # A loading copy seen while we hold the lease was left by a gateway that lost its lease: take it over.
+        for c in copies:
+            if c.state is CopyState.LOADING and self.view.usable(c.backend):
+                if await self.store.adopt(c.backend, name, token) == "ok":
+                    backend = c.backend
+                    break
+        if backend is None:
+            backend = await self._reserve(spec, token, copies, deadline)
+        return await self._load(spec, backend, token)
+
+    async def _load(self, spec: ModelSpec, backend: str, token: int) -> str:
+        name = spec.name
+        started = self.clock.monotonic()
+        log.info("loading %s on %s", name, backend)
+        try:
+            await self.adapter(backend).load(LoadRequest(name, spec.source))
+        except BackendError as exc:
+            reason = str(exc)
+            if not isinstance(exc, BackendLoadError):
+                # Timed out or unreachable: the backend may still finish the load. Unload it before the slot
+                # is given back, so that capacity can't be exceeded behind our back.
+                try:
+                    await self.adapter(backend).unload(name)
+                except BackendError:
+                    log.warning("%s: load of %s failed and so did the unload; slot kept", backend, name)
+                    raise LoadFailed(f"model {name!r} could not be loaded: {reason}", reason, 5.0) from exc
+            delay = await self.store.fail(
+                backend,
+                name,
+                token,
+                self.clock.now(),
+                reason,
+                self.settings.failure_backoff,
+                self.settings.failure_backoff_max,
+            )
+            self.events.load_failures += 1
+            log.warning("load of %s on %s failed: %s", name, backend, reason)
+            if delay == "fenced":
+                raise LeaseLost(f"lost the load lease of {name!r} while loading it") from exc
+            raise LoadFailed(
+                f"model {name!r} failed to load on backend {backend}: {reason}", reason, float(delay)
+            ) from exc
+        result = await self.store.commit(backend, name, token, self.clock.now())
+        if result != "ok":
+            # Our lease expired and someone else owns the load now; we may not write. They will adopt it.
+            raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")
+        self.view.set_copy(name, backend, CopyState.READY)
+        self.events.loads += 1
+        self.events.load_seconds.append(self.clock.monotonic() - started)
+        log.info("loaded %s on %s in %.2f s", name, backend, self.clock.monotonic() - started)
+        return backend
+
+    async def _loads(self, spec: ModelSpec) -> tuple[list[BackendLoad], dict[str, list[CopyRecord]]]:
+        """Occupancy of every usable backend of the model's runtime, straight from Redis."""
+        loads: list[BackendLoad] = []
+        held: dict[str, list[CopyRecord]] = {}
+        for bid, rec in sorted(self.view.backends.items()):
+            if rec.spec.kind != spec.runtime or not self.view.usable(bid):
+                continue
+            copies = [c for c in await self.store.copies_on(bid) if c.state.holds_slot]
+            held[bid] = copies
+            cap = rec.spec.capacity
+            loads.append(
+                BackendLoad(bid, len(copies), cap.models, sum(c.memory_bytes for c in copies), cap.memory_bytes)
+            )
+        return loads, held
+
+    async def _reserve(self, spec: ModelSpec, token: int, copies: list[CopyRecord], deadline: float) -> str:
+        name = spec.name
+        while True:
+            loads, held = await self._loads(spec)
+            taken = {c.backend for c in copies if c.state.holds_slot}
+            loads = [b for b in loads if b.backend not in taken and b.could_ever_fit(spec)]
+            if not loads:
+                raise NoCapacity(
+                    f"no healthy {spec.runtime} backend can hold model {name!r} now"
+                    f"{' (it needs ' + str(spec.memory_bytes) + ' bytes)' if spec.memory_bytes else ''}; "
+                    "register or restore a backend, or try again",
+                    retry_after=5.0,
+                )
+            for b in self.chooser.rank(spec, [b for b in loads if b.fits(spec)]):
+                res = await self.store.reserve(b.backend, name, spec.memory_bytes, token, self.clock.now())
+                if res == "ok":
+                    self.view.set_copy(name, b.backend, CopyState.LOADING)
+                    return b.backend
+            if await self._evict_one(spec, [b.backend for b in loads], held):
+                continue
+            if self.clock.monotonic() >= deadline:
+                raise NoCapacity(
+                    f"no slot for model {name!r}: every loaded model is pinned, kept by min_copies or busy; "
+                    "add capacity or try again",
+                    retry_after=max(1.0, self.settings.wait_poll * 4),
+                )
+            await self.view.wait(None, self.settings.wait_poll)
+
+    async def _evict_one(self, spec: ModelSpec, backends: list[str], held: dict[str, list[CopyRecord]]) -> bool:
+        """Free one slot on one of `backends` by unloading the least recently used evictable copy."""
+        # Our own recent requests must count before we judge what is least recently used.
+        await self.store.touch_many(self.usage.drain())
+        candidates: list[EvictionCandidate] = []
+        for bid in backends:
+            lru = await self.store.lru_of(bid)
+            for c in held.get(bid, []):
+                if c.state is not CopyState.READY or not self._evictable(c.model, bid):
+                    continue
+                candidates.append(EvictionCandidate(c.model, bid, lru.get(c.model, c.since)))
+        for cand in self.eviction.rank(candidates):
+            if not self._evictable(cand.model, cand.backend):  # a request may have started meanwhile
+                continue
+            if await self.unload_copy(cand.model, cand.backend, reason="evicted"):
+                self.events.evictions += 1
+                self.events.eviction_ages.append(max(0.0, self.clock.now() - cand.last_used))
+                log.info(
+                    "evicted %s from %s (idle %.1f s) to make room for %s",
+                    cand.model,
+                    cand.backend,
+                    self.clock.now() - cand.last_used,
+                    spec.name,
+                )
+                return True
+        return False
+
+    def _evictable(self, model: str, backend: str) -> bool:
+        spec = self.view.models.get(model)
+        if spec is not None and spec.pinned:
+            return False
+        if self.usage.inflight(model, backend) > 0:
+            return False
+        ready = len(self.view.ready_backends(model))
+        min_copies = spec.min_copies if spec is not None else 0
+        return ready > min_copies
+
+    # -- unloading -------------------------------------------------------------------------------------
+    async def unload_copy(self, model: str, backend: str, reason: str) -> bool:
+        """Unload one ready copy; the slot is freed only after the backend finished. False if not ready."""
+        previous = self.view.copies.get(model, {}).get(backend)
+        # Stop local requests from choosing this copy before anything is awaited.
+        self.view.set_copy(model, backend, CopyState.UNLOADING)
+        res = await self.store.begin_unload(backend, model)
+        if res != "ok":
+            if previous is not None and res.startswith("state:"):
+                self.view.set_copy(model, backend, CopyState(res.split(":", 1)[1]))
+            elif res == "none":
+                self.view.set_copy(model, backend, None)
+            return False
+        try:
+            await self.adapter(backend).unload(model)
+        except BackendError as exc:
+            # The copy stays 'unloading' and keeps its slot; reconciliation retries the unload.
+            log.warning("unload of %s from %s (%s) failed: %s", model, backend, reason, exc)
+            return False
+        await self.store.remove_copy(backend, model, CopyState.UNLOADING)
+        self.view.set_copy(model, backend, None)
+        self.events.unloads += 1
+        log.info("unloaded %s from %s (%s)", model, backend, reason)
+        return True

@@ -1,0 +1,140 @@
+"""Keeping Redis equal to what the backends really hold, and the view's health current.
+
+Each gateway checks its backends' health (local view only: a backend this gateway cannot reach gets no
+requests from it) and writes a change of health to Redis for the admin API. One gateway at a time, holding
+the reconcile lease, compares each healthy backend's real contents with its copies in Redis:
+
+- a copy Redis calls ready or unloading that the backend does not hold is removed (the backend restarted or
+  an unload finished without its bookkeeping);
+- a loading copy with no load lease behind it for longer than the load timeout is unloaded and removed;
+- a copy stuck in unloading is unloaded again;
+- models with `min_copies` get their missing copies loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from adapters.base import RuntimeAdapter
+from adapters.errors import BackendError
+from placement.clock import Clock
+from placement.errors import PlacementError
+from placement.loader import Loader
+from placement.records import CopyState
+from placement.settings import PlacementSettings
+from placement.store import RedisStore
+from placement.view import PlacementView
+
+log = logging.getLogger("modelyard.reconcile")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: RedisStore,
+        view: PlacementView,
+        loader: Loader,
+        adapters: Callable[[str], RuntimeAdapter],
+        settings: PlacementSettings,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.loader = loader
+        self.adapter = adapters
+        self.settings = settings
+        self.clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.check_health()
+        self._tasks = [
+            asyncio.create_task(self._every(self.settings.health_interval, self.check_health)),
+            asyncio.create_task(self._every(self.settings.reconcile_interval, self.reconcile_if_leader)),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def _every(self, interval: float, fn: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("periodic %s failed", getattr(fn, "__name__", fn))
+
+    async def check_health(self) -> None:
+        bids = list(self.view.backends)
+        results = await asyncio.gather(*(self.adapter(b).healthy() for b in bids), return_exceptions=True)
+        for bid, ok in zip(bids, results, strict=True):
+            healthy = ok is True
+            before = self.view.reachable.get(bid)
+            self.view.reachable[bid] = healthy
+            rec = self.view.backends.get(bid)
+            if before is not None and before != healthy:
+                log.warning("backend %s is now %s", bid, "healthy" if healthy else "UNHEALTHY")
+            if rec is not None and rec.healthy != healthy:
+                with contextlib.suppress(Exception):
+                    await self.store.set_backend_flag(bid, "healthy", healthy)
+
+    async def reconcile_if_leader(self) -> None:
+        token = await self.store.lease_try("__reconcile__", int(self.settings.reconcile_interval * 1000))
+        if token is None:
+            return
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        for bid in list(self.view.backends):
+            if self.view.reachable.get(bid) is False:
+                continue
+            try:
+                await self.reconcile_backend(bid)
+            except (BackendError, PlacementError) as exc:
+                log.warning("reconciling %s: %s", bid, exc)
+        await self.ensure_min_copies()
+
+    async def reconcile_backend(self, bid: str) -> None:
+        adapter = self.adapter(bid)
+        # Redis first, then the backend: a copy committed ready before the listing must appear in it.
+        copies = await self.store.copies_on(bid)
+        holding = await adapter.loaded()
+        now = self.clock.now()
+        for c in copies:
+            if c.state in (CopyState.READY, CopyState.UNLOADING) and c.model not in holding:
+                if c.state is CopyState.UNLOADING:
+                    with contextlib.suppress(BackendError):
+                        await adapter.unload(c.model)
+                if await self.store.remove_copy(bid, c.model, c.state) == "ok":
+                    log.warning("%s does not hold %s (Redis said %s): copy removed", bid, c.model, c.state)
+            elif c.state is CopyState.UNLOADING:
+                await adapter.unload(c.model)
+                await self.store.remove_copy(bid, c.model, CopyState.UNLOADING)
+            elif (
+                c.state is CopyState.LOADING
+                and now - c.since > self.settings.load_timeout
+                and await self.store.lease_holder(c.model) is None
+            ):
+                await adapter.unload(c.model)
+                if await self.store.remove_copy(bid, c.model, CopyState.LOADING) == "ok":
+                    log.warning("removed a load of %s on %s abandoned by its gateway", c.model, bid)
+
+    async def ensure_min_copies(self) -> None:
+        for name, spec in list(self.view.models.items()):
+            if spec.min_copies <= len(self.view.ready_backends(name)):
+                continue
+            try:
+                await self.loader.ensure_copies(name, spec.min_copies)
+            except PlacementError as exc:
+                log.warning("cannot keep %d copies of %s: %s", spec.min_copies, name, exc)

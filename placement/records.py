@@ -1,0 +1,260 @@
+"""Records of the registry: backends, models and the copies of models on backends.
+
+These are plain values. They are stored in Redis by `placement.store` and mirrored in each gateway's
+`placement.view.PlacementView`. Validation of what users send lives here too, so that the admin API and any
+other front end refuse the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from placement.errors import InvalidSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RUNTIMES = ("triton", "tfserving")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return `name` if it is a valid backend, model or route name; raise InvalidSpec otherwise."""
+    if not NAME_RE.match(name):
+        raise InvalidSpec(
+            f"invalid {kind} name {name!r}: names must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}$ "
+            "(start with a letter or digit; then letters, digits, '_', '.', '-'; at most 128 characters)"
+        )
+    return name
+
+
+class CopyState(enum.StrEnum):
+    """The life of one copy of a model on one backend.
+
+    loading -> ready -> unloading -> (gone); loading -> failed. A copy in loading, ready or unloading holds a
+    slot of its backend's capacity; a failed copy holds none and only keeps the backend's reason.
+    """
+
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+    @property
+    def holds_slot(self) -> bool:
+        return self is not CopyState.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    models: int
+    memory_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"models": self.models, "memory_bytes": self.memory_bytes}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """What an operator registers with `PUT /admin/backends/{id}`."""
+
+    id: str
+    kind: str
+    url: str
+    grpc_url: str | None
+    capacity: Capacity
+
+    @staticmethod
+    def parse(backend_id: str, body: Any) -> BackendSpec:
+        check_name("backend", backend_id)
+        if not isinstance(body, dict):
+            raise InvalidSpec("the body must be a JSON object with kind, url and capacity")
+        unknown = set(body) - {"kind", "url", "grpc_url", "capacity", "id"}
+        if unknown:
+            raise InvalidSpec(f"unknown field(s) {sorted(unknown)}; expected kind, url, grpc_url, capacity")
+        kind = body.get("kind")
+        if kind not in RUNTIMES:
+            raise InvalidSpec(f"kind must be one of {list(RUNTIMES)}, got {kind!r}")
+        url = body.get("url")
+        if not isinstance(url, str) or not _is_http_url(url):
+            raise InvalidSpec(f"url must be an http(s) URL like http://host:port, got {url!r}")
+        grpc_url = body.get("grpc_url")
+        if grpc_url is not None and (not isinstance(grpc_url, str) or not _is_host_port(grpc_url)):
+            raise InvalidSpec(f"grpc_url must be host:port, got {grpc_url!r}")
+        if kind == "tfserving" and grpc_url is None:
+            raise InvalidSpec("grpc_url is required for a tfserving backend: its model control is gRPC")
+        cap = body.get("capacity")
+        if not isinstance(cap, dict):
+            raise InvalidSpec('capacity is required, e.g. {"models": 8, "memory_bytes": 8000000000}')
+        models = cap.get("models")
+        if not isinstance(models, int) or isinstance(models, bool) or models < 1:
+            raise InvalidSpec(f"capacity.models must be an integer of at least 1, got {models!r}")
+        mem = cap.get("memory_bytes")
+        if mem is not None and (not _is_int(mem) or mem < 1):
+            raise InvalidSpec(f"capacity.memory_bytes must be a positive integer or null, got {mem!r}")
+        return BackendSpec(backend_id, kind, url.rstrip("/"), grpc_url, Capacity(models, mem))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "url": self.url,
+            "grpc_url": self.grpc_url,
+            "capacity": self.capacity.to_json(),
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> BackendSpec:
+        cap = data["capacity"]
+        return BackendSpec(
+            data["id"],
+            data["kind"],
+            data["url"],
+            data.get("grpc_url"),
+            Capacity(int(cap["models"]), cap.get("memory_bytes")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRecord:
+    spec: BackendSpec
+    healthy: bool = True
+    draining: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What an operator registers with `PUT /admin/models/{name}`."""
+
+    name: str
+    runtime: str
+    source: str | None = None
+    memory_bytes: int = 0
+    min_copies: int = 0
+    max_copies: int = 1
+    pinned: bool = False
+
+    @staticmethod
+    def parse(name: str, body: Any) -> ModelSpec:
+        check_name("model", name)
+        if not isinstance(body, dict):
+            raise InvalidSpec('the body must be a JSON object, at least {"runtime": "triton"}')
+        allowed = {"runtime", "source", "memory_bytes", "min_copies", "max_copies", "pinned", "name"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise InvalidSpec(f"unknown field(s) {sorted(unknown)}; expected {sorted(allowed - {'name'})}")
+        runtime = body.get("runtime")
+        if runtime not in RUNTIMES:
+            raise InvalidSpec(f"runtime is required and must be one of {list(RUNTIMES)}, got {runtime!r}")
+        source = body.get("source")
+        if source is not None:
+            if not isinstance(source, str) or not (
+                (source.startswith("file:///") and len(source) > 8) or _is_s3(source)
+            ):
+                raise InvalidSpec(f"source must be null, file:///abs/dir or s3://bucket/prefix, got {source!r}")
+        mem = body.get("memory_bytes", 0)
+        if mem is None:
+            mem = 0
+        if not _is_int(mem) or mem < 0:
+            raise InvalidSpec(f"memory_bytes must be a non-negative integer, got {mem!r}")
+        min_copies = body.get("min_copies", 0)
+        max_copies = body.get("max_copies", 1)
+        if not _is_int(min_copies) or min_copies < 0:
+            raise InvalidSpec(f"min_copies must be a non-negative integer, got {min_copies!r}")
+        if not _is_int(max_copies) or max_copies < 1:
+            raise InvalidSpec(f"max_copies must be an integer of at least 1, got {max_copies!r}")
+        if min_copies > max_copies:
+            raise InvalidSpec(f"min_copies ({min_copies}) cannot exceed max_copies ({max_copies})")
+        pinned = body.get("pinned", False)
+        if not isinstance(pinned, bool):
+            raise InvalidSpec(f"pinned must be true or false, got {pinned!r}")
+        return ModelSpec(name, runtime, source, mem, min_copies, max_copies, pinned)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "runtime": self.runtime,
+            "source": self.source,
+            "memory_bytes": self.memory_bytes,
+            "min_copies": self.min_copies,
+            "max_copies": self.max_copies,
+            "pinned": self.pinned,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> ModelSpec:
+        return ModelSpec(
+            data["name"],
+            data["runtime"],
+            data.get("source"),
+            int(data.get("memory_bytes") or 0),
+            int(data.get("min_copies", 0)),
+            int(data.get("max_copies", 1)),
+            bool(data.get("pinned", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRecord:
+    """One copy of a model on one backend, as Redis holds it."""
+
+    model: str
+    backend: str
+    state: CopyState
+    token: int = 0
+    memory_bytes: int = 0
+    since: float = 0.0
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "state": self.state.value}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(slots=True)
+class ModelStatus:
+    """A model's record as the admin API shows it: its spec plus what happened to it."""
+
+    spec: ModelSpec
+    copies: list[CopyRecord] = field(default_factory=list)
+    last_used: float | None = None
+    loads: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    retry_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.spec.to_json()
+        out["copies"] = [c.to_json() for c in self.copies]
+        out["last_used"] = self.last_used
+        out["loads"] = self.loads
+        out["last_error"] = self.last_error
+        return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _is_s3(source: str) -> bool:
+    if not source.startswith("s3://"):
+        return False
+    bucket = source[5:].split("/", 1)[0]
+    return bool(bucket)

@@ -1,0 +1,202 @@
+"""Registration and administration of backends and models: what the admin API does, without HTTP.
+
+Writes go to Redis and are applied to this gateway's view at once (read-your-writes); other gateways learn
+them from the events. Routes join this when traffic management lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from adapters.errors import BackendError
+from placement.errors import Conflict, NotFound, Unplaceable
+from placement.placer import Placer
+from placement.records import BackendSpec, CopyState, ModelSpec, ModelStatus, check_name
+
+log = logging.getLogger("modelyard.admin")
+
+MAX_PAGE = 1000
+
+
+class Registry:
+    def __init__(self, placer: Placer) -> None:
+        self.placer = placer
+        self.store = placer.store
+        self.view = placer.view
+        # Other registries (routes) say here which names they own, so a model can't take a route's name.
+        self.name_taken: list[Any] = []
+
+    # -- backends --------------------------------------------------------------------------------------
+    async def put_backend(self, backend_id: str, body: Any) -> dict[str, Any]:
+        spec = BackendSpec.parse(backend_id, body)
+        old = await self.store.get_backend(backend_id)
+        if old is not None and old.spec.kind != spec.kind:
+            if any(c.state.holds_slot for c in await self.store.copies_on(backend_id)):
+                raise Conflict(
+                    f"backend {backend_id!r} is a {old.spec.kind} backend with models loaded; "
+                    "DELETE it (which drains it) before registering it as " + spec.kind
+                )
+        await self.store.put_backend(spec)
+        self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
+        await self.placer.reconciler.check_health()
+        log.info("backend %s registered: %s %s, capacity %s", backend_id, spec.kind, spec.url, spec.capacity)
+        return await self.backend_json(backend_id)
+
+    async def backend_json(self, backend_id: str) -> dict[str, Any]:
+        rec = await self.store.get_backend(check_name("backend", backend_id))
+        if rec is None:
+            raise NotFound(f"backend {backend_id!r} is not registered")
+        copies = [c for c in await self.store.copies_on(backend_id) if c.state.holds_slot]
+        out = rec.spec.to_json()
+        out["healthy"] = self.view.reachable.get(backend_id, rec.healthy)
+        out["draining"] = rec.draining
+        out["used"] = {"models": len(copies), "memory_bytes": sum(c.memory_bytes for c in copies)}
+        out["models"] = sorted(c.model for c in copies if c.state is CopyState.READY)
+        return out
+
+    async def list_backends(self) -> list[dict[str, Any]]:
+        return [await self.backend_json(b) for b in sorted(self.view.backends)]
+
+    async def delete_backend(self, backend_id: str) -> dict[str, Any]:
+        """Drain: nothing new goes there, its copies are unloaded (loads under way finish first), then forget it."""
+        if not await self.store.set_backend_flag(check_name("backend", backend_id), "draining", True):
+            raise NotFound(f"backend {backend_id!r} is not registered")
+        self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
+        unloaded: list[str] = []
+        deadline = self.placer.clock.monotonic() + self.placer.settings.load_timeout
+        while True:
+            copies = await self.store.copies_on(backend_id)
+            busy = False
+            for c in copies:
+                if c.state is CopyState.READY:
+                    if await self.placer.loader.unload_copy(c.model, backend_id, reason="drain"):
+                        unloaded.append(c.model)
+                elif c.state is CopyState.FAILED:
+                    await self.store.remove_copy(backend_id, c.model, CopyState.FAILED)
+                else:
+                    busy = True
+            if not busy and not any(c.state is CopyState.READY for c in copies):
+                break
+            if self.placer.clock.monotonic() > deadline or self.view.reachable.get(backend_id) is False:
+                log.warning("backend %s removed with copies it could not drain: %s", backend_id, copies)
+                break
+            await asyncio.sleep(0.1)
+        remaining = [c.model for c in await self.store.copies_on(backend_id) if c.state.holds_slot]
+        for model in remaining:  # the backend is unreachable or stuck; forget what it held
+            await self.store.remove_copy(backend_id, model, None)
+        await self.store.delete_backend(backend_id)
+        self.view.set_backend(backend_id, None)
+        log.info("backend %s drained (%d models unloaded) and removed", backend_id, len(unloaded))
+        return {"id": backend_id, "drained": True, "unloaded": sorted(unloaded), "abandoned": remaining}
+
+    # -- models ----------------------------------------------------------------------------------------
+    async def put_model(self, name: str, body: Any) -> dict[str, Any]:
+        spec = ModelSpec.parse(name, body)
+        for taken in self.name_taken:
+            if await taken(name):
+                raise Conflict(f"{name!r} is already the name of a route; a model can't have the same name")
+        same_kind = [r for r in self.view.backends.values() if r.spec.kind == spec.runtime]
+        if (
+            spec.memory_bytes
+            and same_kind
+            and not any(
+                r.spec.capacity.memory_bytes is None or r.spec.capacity.memory_bytes >= spec.memory_bytes
+                for r in same_kind
+            )
+        ):
+            biggest = max(r.spec.capacity.memory_bytes or 0 for r in same_kind)
+            raise Unplaceable(
+                f"model {name!r} needs {spec.memory_bytes} bytes but the largest {spec.runtime} backend holds "
+                f"{biggest}; lower memory_bytes or register a larger backend"
+            )
+        old = await self.store.get_model_spec(name)
+        if old is not None and (
+            old.runtime != spec.runtime or old.source != spec.source or old.memory_bytes != spec.memory_bytes
+        ):
+            # What is loaded no longer matches the registration: unload it; the next request loads it anew.
+            await self.unload_model(name)
+        await self.store.put_model(spec)
+        self.view.set_model(name, spec)
+        log.info("model %s registered: %s", name, spec.to_json())
+        return await self.model_json(name)
+
+    async def status(self, name: str) -> ModelStatus:
+        status = await self.store.model_status(check_name("model", name))
+        if status is None:
+            raise NotFound(f"model {name!r} is not registered")
+        return status
+
+    async def model_json(self, name: str) -> dict[str, Any]:
+        return (await self.status(name)).to_json()
+
+    async def list_models(self, limit: int, cursor: str | None) -> dict[str, Any]:
+        if limit < 1 or limit > MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        names = await self.store.list_model_names(limit + 1, cursor)
+        page, more = names[:limit], len(names) > limit
+        models = []
+        for n in page:
+            st = await self.store.model_status(n)
+            if st is not None:
+                models.append(st.to_json())
+        return {"models": models, "next_cursor": page[-1] if more and page else None}
+
+    async def delete_model(self, name: str) -> dict[str, Any]:
+        await self.status(name)
+        unloaded = await self.unload_model(name)
+        for c in await self.store.copies_of(name):  # failed entries and anything left
+            await self.store.remove_copy(c.backend, name, None)
+        await self.store.delete_model(name)
+        self.view.set_model(name, None)
+        log.info("model %s deleted", name)
+        return {"name": name, "deleted": True, "unloaded_from": unloaded}
+
+    async def load_model(self, name: str) -> dict[str, Any]:
+        spec = (await self.status(name)).spec
+        await self.placer.ensure(name)
+        if spec.min_copies > 1:
+            await self.placer.loader.ensure_copies(name, spec.min_copies)
+        return await self.model_json(name)
+
+    async def unload_model(self, name: str) -> list[str]:
+        """Unload every copy; waits for loads under way to end first. Returns the backends unloaded from."""
+        done: list[str] = []
+        deadline = self.placer.clock.monotonic() + self.placer.settings.load_timeout
+        while True:
+            copies = await self.store.copies_of(name)
+            pending = False
+            for c in copies:
+                if c.state is CopyState.READY:
+                    try:
+                        if await self.placer.loader.unload_copy(name, c.backend, reason="admin"):
+                            done.append(c.backend)
+                    except BackendError as exc:
+                        log.warning("unload of %s from %s failed: %s", name, c.backend, exc)
+                elif c.state in (CopyState.LOADING, CopyState.UNLOADING):
+                    pending = True
+            if not pending or self.placer.clock.monotonic() > deadline:
+                return done
+            await self.view.wait(name, 0.2)
+
+    # -- placement view --------------------------------------------------------------------------------
+    async def placement(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for bid, rec in sorted(self.view.backends.items()):
+            lru = await self.store.lru_of(bid)
+            copies = await self.store.copies_on(bid)
+            models = [{"name": c.model, "state": c.state.value, "last_used": lru.get(c.model)} for c in copies]
+            models.sort(key=lambda m: -float(m["last_used"] or 0))
+            out[bid] = {
+                "kind": rec.spec.kind,
+                "healthy": self.view.reachable.get(bid, rec.healthy),
+                "draining": rec.draining,
+                "capacity": rec.spec.capacity.to_json(),
+                "used": {
+                    "models": sum(1 for c in copies if c.state.holds_slot),
+                    "memory_bytes": sum(c.memory_bytes for c in copies if c.state.holds_slot),
+                },
+                "models": models,
+            }
+        return {"backends": out}

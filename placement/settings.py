@@ -1,0 +1,21 @@
+"""Placement settings: built once in the gateway's `main()` and passed in; nothing is read from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSettings:
+    redis_prefix: str = "modelyard"
+    load_timeout: float = 120.0  # how long a request waits for a cold load before 503
+    lease_ttl: float = 15.0  # a load lease expires this long after its last renewal
+    usage_flush_interval: float = 0.5  # how often last-used times go to Redis
+    resync_interval: float = 30.0  # full re-read of the registry, in case a pub/sub message was lost
+    health_interval: float = 2.0  # how often each backend's health is checked
+    reconcile_interval: float = 10.0  # how often backends' real contents are compared with Redis
+    failure_backoff: float = 1.0  # first delay after a failed load; doubles per failure
+    failure_backoff_max: float = 60.0
+    wait_poll: float = 0.25  # longest wait between looks when waiting for another gateway's load or a slot
+    backend_chooser: str = "most-free"
+    eviction_policy: str = "lru"

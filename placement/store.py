@@ -1,0 +1,484 @@
+"""All of modelyard's Redis: the key layout, the Lua scripts, and typed calls over them.
+
+Key layout (`p` is the configured prefix, default "modelyard"):
+
+    p:backends                 SET of backend ids
+    p:backend:{id}             HASH spec (JSON), cap_models, cap_bytes (-1 = none), healthy 1/0, draining 1/0
+    p:models                   ZSET of model names, all scored 0 (lexicographic paging)
+    p:model:{name}             HASH spec (JSON), loads, failures, last_error, retry_at
+    p:copies:{backend}         HASH model -> copy JSON {state, token, bytes, since, reason}
+    p:where:{model}            SET of backends that hold a copy entry of the model (any state)
+    p:lru:{backend}            ZSET model -> last used (epoch seconds) of the copy on that backend
+    p:lastused                 ZSET model -> last used anywhere
+    p:lease:{model}            STRING fencing token of the gateway loading the model; expires (PX)
+    p:fence                    INCR counter of fencing tokens
+    p:events                   pub/sub channel of JSON change events (see `placement.view`)
+
+Capacity is only ever taken by `reserve`, which counts the backend's copies and reserves the slot in one
+script, so two gateways can never both take the last slot. A slot is freed only by `finish_unload` (after the
+backend finished unloading), by `fail`, or by `drop` (the backend lost the copy). Every write that belongs to
+a load checks the fencing token against the lease, so a gateway whose lease expired cannot write.
+Scripts use only EVAL/EVALSHA and cjson, so Redis 6.2, 7.x and Valkey all run them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus
+
+# Each script publishes its own event, so a change and its announcement can't be separated.
+_RESERVE = """
+local copies, where, backend = KEYS[1], KEYS[2], KEYS[3]
+local model, bytes, token, now, events, bid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('EXISTS', backend) == 0 then return 'gone' end
+if redis.call('HGET', backend, 'draining') == '1' then return 'draining' end
+local cur = redis.call('HGET', copies, model)
+if cur then
+  local c = cjson.decode(cur)
+  if c.state ~= 'failed' then return 'exists:' .. c.state end
+end
+local cap_models = tonumber(redis.call('HGET', backend, 'cap_models'))
+local cap_bytes = tonumber(redis.call('HGET', backend, 'cap_bytes') or '-1')
+local n, used = 0, 0
+for _, v in ipairs(redis.call('HVALS', copies)) do
+  local c = cjson.decode(v)
+  if c.state ~= 'failed' then n = n + 1; used = used + (c.bytes or 0) end
+end
+if n + 1 > cap_models then return 'full' end
+if cap_bytes >= 0 and used + bytes > cap_bytes then return 'full' end
+local entry = {state='loading', token=tonumber(token), bytes=bytes, since=tonumber(now)}
+redis.call('HSET', copies, model, cjson.encode(entry))
+redis.call('SADD', where, bid)
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='loading'}))
+return 'ok'
+"""
+
+# Moves a loading copy left by a gateway whose lease is gone to the current lease holder.
+_ADOPT = """
+local copies, lease = KEYS[1], KEYS[2]
+local model, token = ARGV[1], ARGV[2]
+if redis.call('GET', lease) ~= token then return 'fenced' end
+local cur = redis.call('HGET', copies, model)
+if not cur then return 'none' end
+local c = cjson.decode(cur)
+if c.state ~= 'loading' then return 'state:' .. c.state end
+c.token = tonumber(token)
+redis.call('HSET', copies, model, cjson.encode(c))
+return 'ok'
+"""
+
+_COMMIT = """
+local copies, lease, mkey, lru, lastused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local model, token, now, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('GET', lease) ~= token then return 'fenced' end
+local cur = redis.call('HGET', copies, model)
+if not cur then return 'lost' end
+local c = cjson.decode(cur)
+if c.state ~= 'loading' or tostring(c.token) ~= token then return 'lost' end
+c.state = 'ready'; c.since = tonumber(now)
+redis.call('HSET', copies, model, cjson.encode(c))
+redis.call('HINCRBY', mkey, 'loads', 1)
+redis.call('HSET', mkey, 'failures', 0, 'last_error', '', 'retry_at', 0)
+redis.call('ZADD', lru, now, model)
+redis.call('ZADD', lastused, now, model)
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='ready'}))
+return 'ok'
+"""
+
+_FAIL = """
+local copies, lease, mkey = KEYS[1], KEYS[2], KEYS[3]
+local model, token, now, reason, backoff_base, backoff_max, events, bid =
+  ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+if redis.call('GET', lease) ~= token then return 'fenced' end
+local cur = redis.call('HGET', copies, model)
+if cur then
+  local c = cjson.decode(cur)
+  if c.state == 'loading' and tostring(c.token) == token then
+    redis.call('HSET', copies, model, cjson.encode({state='failed', token=c.token, bytes=0, since=now, reason=reason}))
+  end
+end
+local failures = redis.call('HINCRBY', mkey, 'failures', 1)
+local delay = math.min(backoff_max, backoff_base * math.pow(2, failures - 1))
+redis.call('HSET', mkey, 'last_error', reason, 'retry_at', tostring(now + delay))
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='failed'}))
+return tostring(delay)
+"""
+
+_BEGIN_UNLOAD = """
+local copies, events = KEYS[1], ARGV[3]
+local model, bid = ARGV[1], ARGV[2]
+local cur = redis.call('HGET', copies, model)
+if not cur then return 'none' end
+local c = cjson.decode(cur)
+if c.state ~= 'ready' then return 'state:' .. c.state end
+c.state = 'unloading'
+redis.call('HSET', copies, model, cjson.encode(c))
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='unloading'}))
+return 'ok'
+"""
+
+# Frees the slot of a copy; `expect` says which state it must be in ('unloading' after an unload finished,
+# 'ready' or 'loading' when the backend turned out not to hold it, 'failed' to clear a failure).
+_REMOVE = """
+local copies, where, lru = KEYS[1], KEYS[2], KEYS[3]
+local model, expect, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cur = redis.call('HGET', copies, model)
+if not cur then return 'none' end
+local c = cjson.decode(cur)
+if expect ~= '*' and c.state ~= expect then return 'state:' .. c.state end
+redis.call('HDEL', copies, model)
+redis.call('SREM', where, bid)
+redis.call('ZREM', lru, model)
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='gone'}))
+return 'ok'
+"""
+
+_LEASE_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_LEASE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], cjson.encode({t='lease', m=ARGV[3]}))
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the local view mirrors, read in one go."""
+
+    backends: dict[str, BackendRecord]
+    models: dict[str, ModelSpec]
+    copies: dict[str, dict[str, CopyRecord]]  # model -> backend -> copy
+
+
+class RedisStore:
+    """Typed access to modelyard's Redis. One per gateway; it does no I/O until called."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "modelyard") -> None:
+        self.r = client
+        self.p = prefix
+        self.events = f"{prefix}:events"
+        self.calls: dict[str, int] = {}
+        self._reserve = client.register_script(_RESERVE)
+        self._adopt = client.register_script(_ADOPT)
+        self._commit = client.register_script(_COMMIT)
+        self._fail = client.register_script(_FAIL)
+        self._begin_unload = client.register_script(_BEGIN_UNLOAD)
+        self._remove = client.register_script(_REMOVE)
+        self._renew = client.register_script(_LEASE_RENEW)
+        self._release = client.register_script(_LEASE_RELEASE)
+
+    # -- keys ------------------------------------------------------------------------------------------
+    def k_backend(self, bid: str) -> str:
+        return f"{self.p}:backend:{bid}"
+
+    def k_model(self, name: str) -> str:
+        return f"{self.p}:model:{name}"
+
+    def k_copies(self, bid: str) -> str:
+        return f"{self.p}:copies:{bid}"
+
+    def k_where(self, name: str) -> str:
+        return f"{self.p}:where:{name}"
+
+    def k_lru(self, bid: str) -> str:
+        return f"{self.p}:lru:{bid}"
+
+    def k_lease(self, name: str) -> str:
+        return f"{self.p}:lease:{name}"
+
+    def _count(self, kind: str) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+
+    async def ping(self) -> bool:
+        self._count("ping")
+        return bool(await self.r.ping())
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        self._count("publish")
+        await self.r.publish(self.events, json.dumps(event))
+
+    # -- backends --------------------------------------------------------------------------------------
+    async def put_backend(self, spec: BackendSpec) -> None:
+        self._count("admin")
+        cap_bytes = spec.capacity.memory_bytes if spec.capacity.memory_bytes is not None else -1
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.sadd(f"{self.p}:backends", spec.id)
+            pipe.hset(
+                self.k_backend(spec.id),
+                mapping={
+                    "spec": json.dumps(spec.to_json()),
+                    "cap_models": spec.capacity.models,
+                    "cap_bytes": cap_bytes,
+                },
+            )
+            pipe.hsetnx(self.k_backend(spec.id), "healthy", "1")
+            pipe.hsetnx(self.k_backend(spec.id), "draining", "0")
+            pipe.publish(self.events, json.dumps({"t": "backend", "b": spec.id}))
+            await pipe.execute()
+
+    async def set_backend_flag(self, bid: str, flag: str, value: bool) -> bool:
+        """Set `healthy` or `draining`; returns False when the backend is not registered."""
+        self._count("admin")
+        key = self.k_backend(bid)
+        if not await self.r.exists(key):
+            return False
+        await self.r.hset(key, flag, "1" if value else "0")
+        await self.publish({"t": "backend", "b": bid})
+        return True
+
+    async def get_backend(self, bid: str) -> BackendRecord | None:
+        self._count("read")
+        data = await self.r.hgetall(self.k_backend(bid))
+        return _backend_from_hash(data)
+
+    async def delete_backend(self, bid: str) -> None:
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.srem(f"{self.p}:backends", bid)
+            pipe.delete(self.k_backend(bid), self.k_copies(bid), self.k_lru(bid))
+            pipe.publish(self.events, json.dumps({"t": "backend", "b": bid}))
+            await pipe.execute()
+
+    # -- models ----------------------------------------------------------------------------------------
+    async def put_model(self, spec: ModelSpec) -> None:
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zadd(f"{self.p}:models", {spec.name: 0})
+            pipe.hset(self.k_model(spec.name), "spec", json.dumps(spec.to_json()))
+            pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
+            await pipe.execute()
+
+    async def get_model_spec(self, name: str) -> ModelSpec | None:
+        self._count("read")
+        raw = await self.r.hget(self.k_model(name), "spec")
+        return ModelSpec.from_json(json.loads(raw)) if raw else None
+
+    async def delete_model(self, name: str) -> None:
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(f"{self.p}:models", name)
+            pipe.zrem(f"{self.p}:lastused", name)
+            pipe.delete(self.k_model(name), self.k_where(name))
+            pipe.publish(self.events, json.dumps({"t": "model", "m": name}))
+            await pipe.execute()
+
+    async def list_model_names(self, limit: int, after: str | None) -> list[str]:
+        self._count("read")
+        start = f"({after}" if after else "-"
+        names = await self.r.zrangebylex(f"{self.p}:models", start, "+", start=0, num=limit)
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+
+    async def model_status(self, name: str) -> ModelStatus | None:
+        self._count("read")
+        data = await self.r.hgetall(self.k_model(name))
+        if not data or b"spec" not in data:
+            return None
+        spec = ModelSpec.from_json(json.loads(data[b"spec"]))
+        backends = [_s(b) for b in await self.r.smembers(self.k_where(name))]
+        copies = []
+        for bid in sorted(backends):
+            raw = await self.r.hget(self.k_copies(bid), name)
+            if raw:
+                copies.append(_copy_from_json(name, bid, raw))
+        last_used = await self.r.zscore(f"{self.p}:lastused", name)
+        retry_at = float(data.get(b"retry_at", b"0") or 0)
+        return ModelStatus(
+            spec=spec,
+            copies=copies,
+            last_used=last_used,
+            loads=int(data.get(b"loads", b"0")),
+            failures=int(data.get(b"failures", b"0")),
+            last_error=_s(data[b"last_error"]) or None if b"last_error" in data else None,
+            retry_at=retry_at or None,
+        )
+
+    # -- copies ----------------------------------------------------------------------------------------
+    async def copies_of(self, name: str) -> list[CopyRecord]:
+        """The copies of one model, straight from Redis (the cold path's source of truth)."""
+        self._count("read")
+        backends = [_s(b) for b in await self.r.smembers(self.k_where(name))]
+        if not backends:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for bid in backends:
+                pipe.hget(self.k_copies(bid), name)
+            raws = await pipe.execute()
+        return [_copy_from_json(name, bid, raw) for bid, raw in zip(backends, raws, strict=True) if raw]
+
+    async def copies_on(self, bid: str) -> list[CopyRecord]:
+        self._count("read")
+        data = await self.r.hgetall(self.k_copies(bid))
+        return [_copy_from_json(_s(m), bid, raw) for m, raw in data.items()]
+
+    async def lru_of(self, bid: str) -> dict[str, float]:
+        """Last-used time of each copy on a backend (copies never used are absent)."""
+        self._count("read")
+        pairs: list[Any] = await self.r.zrange(self.k_lru(bid), 0, -1, withscores=True)
+        return {_s(m): float(s) for m, s in pairs}
+
+    async def reserve(self, bid: str, model: str, memory_bytes: int, token: int, now: float) -> str:
+        self._count("script")
+        res = await self._reserve(
+            keys=[self.k_copies(bid), self.k_where(model), self.k_backend(bid)],
+            args=[model, memory_bytes, token, now, self.events, bid],
+        )
+        return _s(res)
+
+    async def adopt(self, bid: str, model: str, token: int) -> str:
+        self._count("script")
+        res = await self._adopt(keys=[self.k_copies(bid), self.k_lease(model)], args=[model, token])
+        return _s(res)
+
+    async def commit(self, bid: str, model: str, token: int, now: float) -> str:
+        self._count("script")
+        res = await self._commit(
+            keys=[
+                self.k_copies(bid),
+                self.k_lease(model),
+                self.k_model(model),
+                self.k_lru(bid),
+                f"{self.p}:lastused",
+            ],
+            args=[model, token, now, self.events, bid],
+        )
+        return _s(res)
+
+    async def fail(
+        self,
+        bid: str,
+        model: str,
+        token: int,
+        now: float,
+        reason: str,
+        backoff_base: float,
+        backoff_max: float,
+    ) -> str:
+        """Mark a load failed; returns the backoff delay in seconds, or 'fenced'."""
+        self._count("script")
+        res = await self._fail(
+            keys=[self.k_copies(bid), self.k_lease(model), self.k_model(model)],
+            args=[model, token, now, reason[:2000], backoff_base, backoff_max, self.events, bid],
+        )
+        return _s(res)
+
+    async def begin_unload(self, bid: str, model: str) -> str:
+        self._count("script")
+        res = await self._begin_unload(keys=[self.k_copies(bid)], args=[model, bid, self.events])
+        return _s(res)
+
+    async def remove_copy(self, bid: str, model: str, expect: CopyState | None) -> str:
+        """Delete a copy entry if it is in state `expect` (None: any state); frees its slot."""
+        self._count("script")
+        res = await self._remove(
+            keys=[self.k_copies(bid), self.k_where(model), self.k_lru(bid)],
+            args=[model, expect.value if expect else "*", self.events, bid],
+        )
+        return _s(res)
+
+    # -- usage -----------------------------------------------------------------------------------------
+    async def touch_many(self, used: Iterable[tuple[str, str, float]]) -> None:
+        """Record last-used times, (model, backend, when), in one round trip. Never moves a time back."""
+        items = list(used)
+        if not items:
+            return
+        self._count("usage_flush")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for model, bid, when in items:
+                pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
+                pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
+            await pipe.execute()
+
+    # -- leases ----------------------------------------------------------------------------------------
+    async def lease_try(self, model: str, ttl_ms: int) -> int | None:
+        """Take the load lease of a model; returns its fencing token, or None when someone holds it."""
+        self._count("lease")
+        token = int(await self.r.incr(f"{self.p}:fence"))
+        ok = await self.r.set(self.k_lease(model), token, nx=True, px=ttl_ms)
+        return token if ok else None
+
+    async def lease_renew(self, model: str, token: int, ttl_ms: int) -> bool:
+        self._count("lease")
+        return bool(await self._renew(keys=[self.k_lease(model)], args=[token, ttl_ms]))
+
+    async def lease_release(self, model: str, token: int) -> None:
+        self._count("lease")
+        await self._release(keys=[self.k_lease(model)], args=[token, self.events, model])
+
+    async def lease_holder(self, model: str) -> int | None:
+        self._count("lease")
+        raw = await self.r.get(self.k_lease(model))
+        return int(raw) if raw else None
+
+    # -- snapshot --------------------------------------------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        """Read the whole registry; used when a view starts, reconnects, or resyncs."""
+        self._count("snapshot")
+        bids = sorted(_s(b) for b in await self.r.smembers(f"{self.p}:backends"))
+        backends: dict[str, BackendRecord] = {}
+        copies: dict[str, dict[str, CopyRecord]] = {}
+        async with self.r.pipeline(transaction=False) as pipe:
+            for bid in bids:
+                pipe.hgetall(self.k_backend(bid))
+                pipe.hgetall(self.k_copies(bid))
+            raws = await pipe.execute()
+        for i, bid in enumerate(bids):
+            rec = _backend_from_hash(raws[2 * i])
+            if rec is None:
+                continue
+            backends[bid] = rec
+            for m, raw in raws[2 * i + 1].items():
+                name = _s(m)
+                copies.setdefault(name, {})[bid] = _copy_from_json(name, bid, raw)
+        models: dict[str, ModelSpec] = {}
+        names = [_s(n) for n in await self.r.zrange(f"{self.p}:models", 0, -1)]
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            async with self.r.pipeline(transaction=False) as pipe:
+                for n in chunk:
+                    pipe.hget(self.k_model(n), "spec")
+                specs = await pipe.execute()
+            for n, raw in zip(chunk, specs, strict=True):
+                if raw:
+                    models[n] = ModelSpec.from_json(json.loads(raw))
+        return Snapshot(backends, models, copies)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _backend_from_hash(data: dict[Any, Any]) -> BackendRecord | None:
+    if not data or b"spec" not in data:
+        return None
+    spec = BackendSpec.from_json(json.loads(data[b"spec"]))
+    return BackendRecord(
+        spec=spec,
+        healthy=data.get(b"healthy", b"1") == b"1",
+        draining=data.get(b"draining", b"0") == b"1",
+    )
+
+
+def _copy_from_json(model: str, bid: str, raw: Any) -> CopyRecord:
+    c = json.loads(raw)
+    return CopyRecord(
+        model=model,
+        backend=bid,
+        state=CopyState(c["state"]),
+        token=int(c.get("token") or 0),
+        memory_bytes=int(c.get("bytes") or 0),
+        since=float(c.get("since") or 0),
+        reason=c.get("reason"),
+    )

@@ -1,0 +1,44 @@
+"""Requests in flight and last-used times, kept in memory on the request path and flushed to Redis in batches.
+
+The warm path only calls `start` and `finish`: two dictionary updates, no I/O. `drain` hands the flusher
+every copy used since the last flush, plus every copy with a request still in flight (so a long request keeps
+its model recent), each with the time it was last seen busy.
+"""
+
+from __future__ import annotations
+
+from placement.clock import Clock
+
+
+class Usage:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], float] = {}
+
+    def start(self, model: str, backend: str) -> None:
+        key = (model, backend)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+
+    def finish(self, model: str, backend: str) -> None:
+        key = (model, backend)
+        left = self._inflight.get(key, 0) - 1
+        if left > 0:
+            self._inflight[key] = left
+        else:
+            self._inflight.pop(key, None)
+        self._pending[key] = self._clock.now()
+
+    def inflight(self, model: str, backend: str) -> int:
+        return self._inflight.get((model, backend), 0)
+
+    def total_inflight(self) -> int:
+        return sum(self._inflight.values())
+
+    def drain(self) -> list[tuple[str, str, float]]:
+        now = self._clock.now()
+        out = dict(self._pending)
+        self._pending.clear()
+        for key in self._inflight:
+            out[key] = now
+        return [(m, b, t) for (m, b), t in out.items()]

@@ -1,0 +1,204 @@
+"""Each gateway's local view of placement, kept fresh from Redis pub/sub.
+
+The warm request path reads only this view: which backends hold a ready copy of a model, and whether those
+backends are usable. It is rebuilt from a full snapshot when the gateway starts, after any pub/sub
+reconnection, and every `resync_interval` seconds (pub/sub is at-most-once); between snapshots it applies the
+events the Lua scripts in `placement.store` publish:
+
+    {"t": "copy", "m": model, "b": backend, "s": "loading"|"ready"|"unloading"|"failed"|"gone"}
+    {"t": "backend", "b": id}        backend registered, changed, drained or removed: re-read it
+    {"t": "model", "m": name}        model registered, changed or removed: re-read it
+    {"t": "lease", "m": name}        a load lease was released: waiters look again
+    {"t": "route", "r": name}        route changed (traffic management)
+
+Waiters (`wait`) are woken by any event about their model, and by any event that frees a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from placement.records import BackendRecord, CopyState, ModelSpec
+from placement.store import RedisStore, Snapshot
+
+log = logging.getLogger("modelyard.view")
+
+
+class PlacementView:
+    def __init__(self) -> None:
+        self.backends: dict[str, BackendRecord] = {}
+        self.models: dict[str, ModelSpec] = {}
+        self.copies: dict[str, dict[str, CopyState]] = {}
+        # Health as this gateway sees it; a backend it cannot reach gets no requests from it.
+        self.reachable: dict[str, bool] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._slot_waiters: list[asyncio.Future[None]] = []
+        self.on_backends_changed: Callable[[], None] | None = None
+        self.on_route_event: Callable[[str], None] | None = None
+
+    # -- reads on the request path ---------------------------------------------------------------------
+    def usable(self, backend: str) -> bool:
+        rec = self.backends.get(backend)
+        return rec is not None and not rec.draining and self.reachable.get(backend, True)
+
+    def ready_backends(self, model: str) -> list[str]:
+        held = self.copies.get(model)
+        if not held:
+            return []
+        return [b for b, s in held.items() if s is CopyState.READY and self.usable(b)]
+
+    # -- updates ---------------------------------------------------------------------------------------
+    def load_snapshot(self, snap: Snapshot) -> None:
+        self.backends = dict(snap.backends)
+        self.models = dict(snap.models)
+        self.copies = {m: {b: c.state for b, c in held.items()} for m, held in snap.copies.items()}
+        self._notify_all()
+        if self.on_backends_changed:
+            self.on_backends_changed()
+
+    def set_copy(self, model: str, backend: str, state: CopyState | None) -> None:
+        if state is None:
+            held = self.copies.get(model)
+            if held is not None:
+                held.pop(backend, None)
+                if not held:
+                    del self.copies[model]
+        else:
+            self.copies.setdefault(model, {})[backend] = state
+        self._notify(model)
+        if state in (None, CopyState.FAILED, CopyState.UNLOADING):
+            self._notify_slots()
+
+    def set_backend(self, backend: str, record: BackendRecord | None) -> None:
+        if record is None:
+            self.backends.pop(backend, None)
+            for model in list(self.copies):
+                self.set_copy(model, backend, None)
+        else:
+            self.backends[backend] = record
+        self._notify_slots()
+        if self.on_backends_changed:
+            self.on_backends_changed()
+
+    def set_model(self, name: str, spec: ModelSpec | None) -> None:
+        if spec is None:
+            self.models.pop(name, None)
+        else:
+            self.models[name] = spec
+        self._notify(name)
+
+    def apply_copy_event(self, event: dict[str, Any]) -> None:
+        state = str(event.get("s"))
+        self.set_copy(event["m"], event["b"], None if state == "gone" else CopyState(state))
+
+    # -- waiting ---------------------------------------------------------------------------------------
+    async def wait(self, model: str | None, timeout: float) -> None:
+        """Wait until something about `model` changes, a slot frees up (model None: only that), or timeout."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        bucket = self._slot_waiters if model is None else self._waiters.setdefault(model, [])
+        bucket.append(fut)
+        if model is not None:
+            self._slot_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                bucket.remove(fut)
+            if model is not None:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(fut)
+            if model is not None and not self._waiters.get(model):
+                self._waiters.pop(model, None)
+
+    def notify(self, model: str) -> None:
+        self._notify(model)
+
+    def _notify(self, model: str) -> None:
+        for fut in self._waiters.get(model, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _notify_slots(self) -> None:
+        for fut in self._slot_waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _notify_all(self) -> None:
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
+        self._notify_slots()
+
+
+class ViewSync:
+    """Keeps a `PlacementView` equal to Redis: snapshot, then pub/sub events, then snapshot again on trouble."""
+
+    def __init__(self, store: RedisStore, view: PlacementView, resync_interval: float = 30.0) -> None:
+        self.store = store
+        self.view = view
+        self.resync_interval = resync_interval
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="modelyard-view-sync")
+        await self.synced.wait()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def resync(self) -> None:
+        self.view.load_snapshot(await self.store.snapshot())
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.store.events)
+                # Subscribe first, then snapshot: every change after the snapshot arrives as an event.
+                await self.resync()
+                self.synced.set()
+                backoff = 0.1
+                loop = asyncio.get_running_loop()
+                next_resync = loop.time() + self.resync_interval
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        await self._apply(json.loads(msg["data"]))
+                    if loop.time() >= next_resync:
+                        await self.resync()
+                        next_resync = loop.time() + self.resync_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: keep serving from the view, reconnect, resync.
+                log.warning("placement view lost Redis (%s); reconnecting in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("t")
+        if kind == "copy":
+            self.view.apply_copy_event(event)
+        elif kind == "backend":
+            self.view.set_backend(event["b"], await self.store.get_backend(event["b"]))
+        elif kind == "model":
+            self.view.set_model(event["m"], await self.store.get_model_spec(event["m"]))
+        elif kind == "lease":
+            self.view.notify(event["m"])
+        elif kind == "route" and self.view.on_route_event:
+            self.view.on_route_event(event["r"])
