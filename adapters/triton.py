@@ -30,6 +30,7 @@ _NOT_LOADED_MARKERS = (
     "unknown model",
     "is not found",
     "no available versions",
+    "is not at ready state",
     "is not ready",
     "not loaded",
     "unavailable model",
@@ -123,8 +124,10 @@ class TritonAdapter:
         return {e["name"] for e in await self._index() if e.get("state") in _HOLDING_STATES and "name" in e}
 
     async def healthy(self) -> bool:
+        # Liveness, not readiness: Triton's /v2/health/ready answers 400 while any model is loading or
+        # unloading, which is most of the time on an overcommitted backend.
         try:
-            resp = await self._client.get(f"{self.url}/v2/health/ready", timeout=2.0)
+            resp = await self._client.get(f"{self.url}/v2/health/live", timeout=2.0)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
@@ -149,7 +152,7 @@ class TritonAdapter:
             request.body,
             request.timeout,
         )
-        if resp.status in (400, 404) and _means_not_loaded(_body_error(resp.body)):
+        if resp.status in (400, 404, 503) and _means_not_loaded(_body_error(resp.body)):
             raise ModelNotLoaded(
                 f"backend {self.backend_id} does not hold {request.model!r}: {_body_error(resp.body)}",
                 self.backend_id,

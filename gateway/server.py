@@ -42,6 +42,7 @@ class _Server(uvicorn.Server):
 
 def run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
     embedded: RedisServer | None = None
     redis_url = settings.redis_url
     if not redis_url:

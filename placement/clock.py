@@ -1,5 +1,6 @@
-"""Time, passed in: placement never reads the system clock directly, so LRU, backoff and leases are testable
-without sleeping."""
+"""Wall time, passed in: last-used times, load backoff and copy ages come from here, so LRU and backoff are
+tested without sleeping. Deadlines of real waits use the event loop's clock (`loop.time()`), since they bound
+real awaits."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ class Clock(Protocol):
         """Wall time in epoch seconds (stored in Redis, shown to users)."""
         ...
 
-    def monotonic(self) -> float:
-        """A clock that never goes back, for deadlines."""
-        ...
-
 
 class SystemClock:
     def now(self) -> float:
         return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 class FakeClock:
@@ -30,14 +24,9 @@ class FakeClock:
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self.t = start
-        self.m = 0.0
 
     def now(self) -> float:
         return self.t
 
-    def monotonic(self) -> float:
-        return self.m
-
     def advance(self, seconds: float) -> None:
         self.t += seconds
-        self.m += seconds

@@ -32,6 +32,11 @@ from placement.store import RedisStore
 from placement.usage import Usage
 from placement.view import PlacementView
 
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 log = logging.getLogger("modelyard.placement")
 
 
@@ -81,7 +86,8 @@ class Loader:
             task.add_done_callback(lambda _t: self._tasks.pop(name, None))
         else:
             self.events.joined += 1
-        wait = self.settings.load_timeout if timeout is None else timeout
+        # By default wait a little past the load's own deadline, so the load's precise reason reaches the caller.
+        wait = self.settings.load_timeout + max(1.0, 4 * self.settings.wait_poll) if timeout is None else timeout
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except TimeoutError:
@@ -98,7 +104,7 @@ class Loader:
         token = await self.store.lease_try(name, int(self.settings.lease_ttl * 1000))
         if token is None:
             return len(self.view.ready_backends(name))
-        deadline = self.clock.monotonic() + self.settings.load_timeout
+        deadline = _loop_time() + self.settings.load_timeout
         renew = asyncio.create_task(self._renew(name, token))
         try:
             while True:
@@ -119,7 +125,7 @@ class Loader:
         return name in self._tasks
 
     async def _ensure_task(self, name: str) -> str:
-        deadline = self.clock.monotonic() + self.settings.load_timeout
+        deadline = _loop_time() + self.settings.load_timeout
         while True:
             spec = self.view.models.get(name) or await self.store.get_model_spec(name)
             if spec is None:
@@ -131,7 +137,7 @@ class Loader:
             token = await self.store.lease_try(name, int(self.settings.lease_ttl * 1000))
             if token is None:
                 # Another gateway is loading it: wait for its events (or a short poll), then look again.
-                if self.clock.monotonic() >= deadline:
+                if _loop_time() >= deadline:
                     raise NoCapacity(f"model {name!r} is still being loaded by another gateway", 1.0)
                 await self.view.wait(name, self.settings.wait_poll)
                 continue
@@ -195,7 +201,7 @@ class Loader:
 
     async def _load(self, spec: ModelSpec, backend: str, token: int) -> str:
         name = spec.name
-        started = self.clock.monotonic()
+        started = _loop_time()
         log.info("loading %s on %s", name, backend)
         try:
             await self.adapter(backend).load(LoadRequest(name, spec.source))
@@ -231,8 +237,8 @@ class Loader:
             raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")
         self.view.set_copy(name, backend, CopyState.READY)
         self.events.loads += 1
-        self.events.load_seconds.append(self.clock.monotonic() - started)
-        log.info("loaded %s on %s in %.2f s", name, backend, self.clock.monotonic() - started)
+        self.events.load_seconds.append(_loop_time() - started)
+        log.info("loaded %s on %s in %.2f s", name, backend, _loop_time() - started)
         return backend
 
     async def _loads(self, spec: ModelSpec) -> tuple[list[BackendLoad], dict[str, list[CopyRecord]]]:
@@ -270,7 +276,7 @@ class Loader:
                     return b.backend
             if await self._evict_one(spec, [b.backend for b in loads], held):
                 continue
-            if self.clock.monotonic() >= deadline:
+            if _loop_time() >= deadline:
                 raise NoCapacity(
                     f"no slot for model {name!r}: every loaded model is pinned, kept by min_copies or busy; "
                     "add capacity or try again",

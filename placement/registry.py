@@ -15,6 +15,11 @@ from placement.errors import Conflict, NotFound, Unplaceable
 from placement.placer import Placer
 from placement.records import BackendSpec, CopyState, ModelSpec, ModelStatus, check_name
 
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 log = logging.getLogger("modelyard.admin")
 
 MAX_PAGE = 1000
@@ -65,7 +70,7 @@ class Registry:
             raise NotFound(f"backend {backend_id!r} is not registered")
         self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
         unloaded: list[str] = []
-        deadline = self.placer.clock.monotonic() + self.placer.settings.load_timeout
+        deadline = _loop_time() + self.placer.settings.load_timeout
         while True:
             copies = await self.store.copies_on(backend_id)
             busy = False
@@ -79,7 +84,7 @@ class Registry:
                     busy = True
             if not busy and not any(c.state is CopyState.READY for c in copies):
                 break
-            if self.placer.clock.monotonic() > deadline or self.view.reachable.get(backend_id) is False:
+            if _loop_time() > deadline or self.view.reachable.get(backend_id) is False:
                 log.warning("backend %s removed with copies it could not drain: %s", backend_id, copies)
                 break
             await asyncio.sleep(0.1)
@@ -163,7 +168,7 @@ class Registry:
     async def unload_model(self, name: str) -> list[str]:
         """Unload every copy; waits for loads under way to end first. Returns the backends unloaded from."""
         done: list[str] = []
-        deadline = self.placer.clock.monotonic() + self.placer.settings.load_timeout
+        deadline = _loop_time() + self.placer.settings.load_timeout
         while True:
             copies = await self.store.copies_of(name)
             pending = False
@@ -176,7 +181,7 @@ class Registry:
                         log.warning("unload of %s from %s failed: %s", name, c.backend, exc)
                 elif c.state in (CopyState.LOADING, CopyState.UNLOADING):
                     pending = True
-            if not pending or self.placer.clock.monotonic() > deadline:
+            if not pending or _loop_time() > deadline:
                 return done
             await self.view.wait(name, 0.2)
 

@@ -1,0 +1,160 @@
+"""Test models for the local Triton: tiny Python-backend models whose answers show which model produced them.
+
+Model `names[i]` takes `INPUT0` (FP32, dims [-1]) and returns `OUTPUT0 = INPUT0 + i` and `MODEL_NAME` (BYTES,
+shape [1], the model's name), so a response routed to the wrong model is visible at once.
+With `load_log`, each model appends `"<name> <pid> <time>\\n"` to that file in `initialize` and
+`"<name> unload <pid> <time>\\n"` to `<load_log>.unload` in `finalize`, so tests can count the real loads
+and unloads on the server.
+"""
+
+from __future__ import annotations
+
+import py_compile
+import re
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["demo_model_names", "model_offset", "write_model", "write_model_repository"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [
+  {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }}
+]
+output [
+  {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "MODEL_NAME" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+_MODEL_PY = """\
+# Written by deploy.localstack.models: a test model that shows which model answered.
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+NAME = {name!r}
+OFFSET = np.float32({offset!r})
+LOAD_LOG = {load_log!r}
+INITIALIZE_DELAY_S = {initialize_delay_s!r}
+EXECUTE_DELAY_S = {execute_delay_s!r}
+FAIL_INITIALIZE = {fail_initialize!r}
+
+
+def _log(path, line):
+    with open(path, "a") as f:
+        f.write(line)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if INITIALIZE_DELAY_S:
+            time.sleep(INITIALIZE_DELAY_S)
+        if LOAD_LOG:
+            _log(LOAD_LOG, f"{{NAME}} {{os.getpid()}} {{time.time()}}\\n")
+        if FAIL_INITIALIZE:
+            raise RuntimeError(f"model {{NAME}} fails to initialize on purpose")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if EXECUTE_DELAY_S:
+                time.sleep(EXECUTE_DELAY_S)
+            out = pb_utils.Tensor("OUTPUT0", (x + OFFSET).astype(np.float32))
+            name = pb_utils.Tensor("MODEL_NAME", np.array([NAME.encode()], dtype=np.object_))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out, name]))
+        return responses
+
+    def finalize(self):
+        if LOAD_LOG:
+            _log(LOAD_LOG + ".unload", f"{{NAME}} unload {{os.getpid()}} {{time.time()}}\\n")
+"""
+
+
+def demo_model_names(count: int, prefix: str = "m") -> list[str]:
+    """`count` model names: `m000`, `m001`, ... (more digits when `count` needs them)."""
+    width = max(3, len(str(count - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+
+
+def model_offset(names: Sequence[str], name: str) -> float:
+    """What model `name` of a repository written from `names` adds to its input (its index in `names`)."""
+    return float(list(names).index(name))
+
+
+def write_model(
+    root: Path,
+    name: str,
+    offset: float,
+    *,
+    load_log: Path | None = None,
+    initialize_delay_s: float = 0.0,
+    execute_delay_s: float = 0.0,
+    fail_initialize: bool = False,
+) -> Path:
+    """Write one test model, version 1, at `root/name`; returns its directory.
+
+    `model.py` is byte-compiled here: otherwise the stub writes `1/__pycache__/` during the first load, Triton
+    sees the model's files as changed, and the next load request reloads the model instead of being a no-op.
+
+    `initialize_delay_s` makes loads slow, `execute_delay_s` makes every request slow, and `fail_initialize`
+    makes every load fail (after the load-log line is written).
+    """
+    if not _NAME_RE.match(name):
+        raise ValueError(f"model name {name!r} does not match {_NAME_RE.pattern}")
+    model_dir = Path(root) / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(_CONFIG.format(name=name))
+    (model_dir / "1" / "model.py").write_text(
+        _MODEL_PY.format(
+            name=name,
+            offset=float(offset),
+            load_log=str(load_log) if load_log is not None else None,
+            initialize_delay_s=float(initialize_delay_s),
+            execute_delay_s=float(execute_delay_s),
+            fail_initialize=bool(fail_initialize),
+        )
+    )
+    py_compile.compile(
+        str(model_dir / "1" / "model.py"),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+    )
+    return model_dir
+
+
+def write_model_repository(
+    root: Path,
+    names: Sequence[str],
+    *,
+    load_log: Path | None = None,
+    initialize_delay_s: Mapping[str, float] | None = None,
+    execute_delay_s: Mapping[str, float] | None = None,
+    failing: Collection[str] = (),
+) -> None:
+    """Write one Python-backend test model per name under `root`; model `names[i]` adds `i` to its input.
+
+    The per-model options of `write_model` can be given by name: `initialize_delay_s`, `execute_delay_s`
+    and `failing` (models whose `initialize` raises).
+    """
+    if len(set(names)) != len(names):
+        raise ValueError("model names must be distinct")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        write_model(
+            root,
+            name,
+            float(i),
+            load_log=load_log,
+            initialize_delay_s=(initialize_delay_s or {}).get(name, 0.0),
+            execute_delay_s=(execute_delay_s or {}).get(name, 0.0),
+            fail_initialize=name in failing,
+        )
