@@ -27,8 +27,15 @@ class GatewayProcess:
     """One `modelyard serve` process."""
 
     def __init__(
-        self, redis_url: str, workdir: Path, *, token: str, prefix: str = "modelyard", extra: Sequence[str] = ()
+        self,
+        redis_url: str | None,
+        workdir: Path,
+        *,
+        token: str,
+        prefix: str = "modelyard",
+        extra: Sequence[str] = (),
     ) -> None:
+        """`redis_url` None: the gateway starts its own embedded Redis."""
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.token = token
