@@ -40,25 +40,10 @@ class GatewayProcess:
         self.grpc_port = free_port()
         self.token = token
         self.log_path = workdir / f"gateway-{self.http_port}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(self.http_port),
-            "--grpc-port",
-            str(self.grpc_port),
-            "--redis-url",
-            redis_url,
-            "--admin-token",
-            token,
-            "--redis-prefix",
-            prefix,
-            *extra,
-        ]
+        self.args = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
+        self.args += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
+        self.args += ["--redis-url", redis_url] if redis_url else []
+        self.args += ["--admin-token", token, "--redis-prefix", prefix, *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
