@@ -100,6 +100,10 @@ def build_admin_app(registry: Registry, dataplane: DataPlane, metrics: Metrics, 
         unloaded = await registry.unload_model(name)
         return {**await registry.model_json(name), "unloaded_from": unloaded}
 
+    @admin.post("/models/{name}/refresh")
+    async def refresh_model(name: str) -> Any:
+        return await registry.refresh_model(name)
+
     @admin.get("/placement")
     async def placement() -> Any:
         return await registry.placement()

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from adapters.base import LoadRequest
 from adapters.errors import BackendError
 from placement.errors import Conflict, NotFound, Unplaceable
 from placement.placer import Placer
@@ -164,6 +165,25 @@ class Registry:
         if spec.min_copies > 1:
             await self.placer.loader.ensure_copies(name, spec.min_copies)
         return await self.model_json(name)
+
+    async def refresh_model(self, name: str) -> dict[str, Any]:
+        """Pick up a changed source: each ready copy is loaded again in place. Triton swaps a model whose files
+        changed without a moment where it is missing (old requests finish on the old version); unchanged files
+        make this a no-op."""
+        spec = (await self.status(name)).spec
+        refreshed: list[str] = []
+        failed: dict[str, str] = {}
+        for c in await self.store.copies_of(name):
+            if c.state is not CopyState.READY:
+                continue
+            try:
+                await self.placer.adapter(c.backend).load(LoadRequest(name, spec.source))
+                refreshed.append(c.backend)
+            except BackendError as exc:
+                failed[c.backend] = str(exc)
+                log.warning("refresh of %s on %s failed: %s", name, c.backend, exc)
+        log.info("model %s refreshed on %s", name, refreshed)
+        return {**await self.model_json(name), "refreshed_on": refreshed, "refresh_failed": failed}
 
     async def unload_model(self, name: str) -> list[str]:
         """Unload every copy; waits for loads under way to end first. Returns the backends unloaded from."""

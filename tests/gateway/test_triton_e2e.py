@@ -216,3 +216,44 @@ def test_a_failing_model_reports_the_backends_reason_and_is_not_reloaded_in_a_lo
         again = httpx.post(f"{gw.url}/v2/models/broken/infer", json=infer_body([1.0]), timeout=60)
         assert again.status_code == 503 and "next attempt" in again.json()["error"]
     assert new_loads().count("broken") == attempts
+
+
+def test_refresh_swaps_a_changed_model_under_traffic_without_a_failed_request(
+    stack: LocalStack, start_gateway: StartGateway
+) -> None:
+    from deploy.localstack.models import write_model
+
+    gw = start_gateway()
+    stack.register(capacity=4, models=["m030"])
+    assert httpx.post(f"{gw.url}/v2/models/m030/infer", json=infer_body([1.0]), timeout=60).json()
+    write_model(stack.repo, "m030", 1000.0, load_log=stack.load_log)  # a new version of the model's code
+    try:
+        seen: list[float] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(timeout=60) as c:
+                while not stop.is_set():
+                    r = c.post(f"{gw.url}/v2/models/m030/infer", json=infer_body([1.0]))
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                    else:
+                        seen.append(r.json()["outputs"][0]["data"][0])
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        with stack.admin(gw) as admin:
+            r = admin.post("/admin/models/m030/refresh")
+        assert r.status_code == 200 and len(r.json()["refreshed_on"]) == 1, r.text
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert seen[0] == 1.0 + 30 and seen[-1] == 1.0 + 1000  # old answers, then new ones
+        assert set(seen) == {31.0, 1001.0}
+    finally:
+        write_model(stack.repo, "m030", 30.0, load_log=stack.load_log)
