@@ -112,7 +112,7 @@ class Loader:
                 ready = [c for c in copies if c.state is CopyState.READY and self.view.usable(c.backend)]
                 if len(ready) >= want:
                     return len(ready)
-                backend = await self._reserve(spec, token, copies, deadline)
+                backend = await self._reserve(spec, token, deadline)
                 await self._load(spec, backend, token)
         finally:
             renew.cancel()
@@ -196,7 +196,7 @@ class Loader:
                     backend = c.backend
                     break
         if backend is None:
-            backend = await self._reserve(spec, token, copies, deadline)
+            backend = await self._reserve(spec, token, deadline)
         return await self._load(spec, backend, token)
 
     async def _load(self, spec: ModelSpec, backend: str, token: int) -> str:
@@ -256,11 +256,13 @@ class Loader:
             )
         return loads, held
 
-    async def _reserve(self, spec: ModelSpec, token: int, copies: list[CopyRecord], deadline: float) -> str:
+    async def _reserve(self, spec: ModelSpec, token: int, deadline: float) -> str:
         name = spec.name
+        next_report = _loop_time() + 5.0
         while True:
             loads, held = await self._loads(spec)
-            taken = {c.backend for c in copies if c.state.holds_slot}
+            # Backends holding a copy of this model now (read again each pass: one may be finishing an unload).
+            taken = {bid for bid, cs in held.items() if any(c.model == name for c in cs)}
             loads = [b for b in loads if b.backend not in taken and b.could_ever_fit(spec)]
             if not loads:
                 raise NoCapacity(
@@ -276,6 +278,9 @@ class Loader:
                     return b.backend
             if await self._evict_one(spec, [b.backend for b in loads], held):
                 continue
+            if _loop_time() >= next_report:
+                next_report = _loop_time() + 5.0
+                log.warning("%s is waiting for a slot: %s", name, self._why_full(loads, held))
             if _loop_time() >= deadline:
                 raise NoCapacity(
                     f"no slot for model {name!r}: every loaded model is pinned, kept by min_copies or busy; "
@@ -311,15 +316,38 @@ class Loader:
                 return True
         return False
 
+    def _why_full(self, loads: list[BackendLoad], held: dict[str, list[CopyRecord]]) -> str:
+        """Why no candidate backend can take the model now, copy by copy (for the operator's log)."""
+        parts = []
+        for b in loads:
+            notes = []
+            for c in held.get(b.backend, []):
+                spec = self.view.models.get(c.model)
+                if c.state is not CopyState.READY:
+                    why = c.state.value
+                elif spec is not None and spec.pinned:
+                    why = "pinned"
+                elif self.usage.inflight(c.model, b.backend):
+                    why = f"{self.usage.inflight(c.model, b.backend)} in flight"
+                elif not self._evictable(c.model, b.backend):
+                    why = f"kept by min_copies (view: {self.view.copies.get(c.model)})"
+                else:
+                    why = "evictable"
+                notes.append(f"{c.model} {why}")
+            parts.append(f"{b.backend} {b.models}/{b.cap_models} [{', '.join(notes)}]")
+        return "; ".join(parts)
+
     def _evictable(self, model: str, backend: str) -> bool:
         spec = self.view.models.get(model)
         if spec is not None and spec.pinned:
             return False
         if self.usage.inflight(model, backend) > 0:
             return False
-        ready = len(self.view.ready_backends(model))
-        min_copies = spec.min_copies if spec is not None else 0
-        return ready > min_copies
+        if spec is None or spec.min_copies == 0:
+            return True
+        # Ready copies anywhere, whatever this gateway thinks of their backends' health right now.
+        ready = sum(1 for s in self.view.copies.get(model, {}).values() if s is CopyState.READY)
+        return ready > spec.min_copies
 
     # -- unloading -------------------------------------------------------------------------------------
     async def unload_copy(self, model: str, backend: str, reason: str) -> bool:

@@ -48,6 +48,7 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         self._tasks: list[asyncio.Task[None]] = []
+        self._failures: dict[str, int] = {}  # consecutive failed health checks per backend
 
     async def start(self) -> None:
         await self.check_health()
@@ -76,11 +77,19 @@ class Reconciler:
                 log.exception("periodic %s failed", getattr(fn, "__name__", fn))
 
     async def check_health(self) -> None:
+        """One liveness check of every backend. A backend seen for the first time takes the check's answer;
+        after that it is marked unreachable only after `health_failures` checks in a row fail (a busy server
+        can miss one), and reachable again at the first success."""
         bids = list(self.view.backends)
         results = await asyncio.gather(*(self.adapter(b).healthy() for b in bids), return_exceptions=True)
         for bid, ok in zip(bids, results, strict=True):
-            healthy = ok is True
             before = self.view.reachable.get(bid)
+            if ok is True:
+                self._failures.pop(bid, None)
+                healthy = True
+            else:
+                failures = self._failures[bid] = self._failures.get(bid, 0) + 1
+                healthy = before is True and failures < self.settings.health_failures
             self.view.reachable[bid] = healthy
             rec = self.view.backends.get(bid)
             if before is not None and before != healthy:

@@ -13,6 +13,7 @@ class PlacementSettings:
     usage_flush_interval: float = 0.5  # how often last-used times go to Redis
     resync_interval: float = 30.0  # full re-read of the registry, in case a pub/sub message was lost
     health_interval: float = 2.0  # how often each backend's health is checked
+    health_failures: int = 3  # failed checks in a row before a known backend is taken out of rotation
     reconcile_interval: float = 10.0  # how often backends' real contents are compared with Redis
     failure_backoff: float = 1.0  # first delay after a failed load; doubles per failure
     failure_backoff_max: float = 60.0

@@ -66,7 +66,7 @@ def test_headers_say_which_model_and_backend_answered_and_when_it_was_cold(
 def test_overcommit_under_random_traffic_answers_right_and_never_exceeds_capacity(
     stack: LocalStack, start_gateway: StartGateway, new_loads: Callable[[], list[str]]
 ) -> None:
-    gw = start_gateway()
+    gw = start_gateway("--load-timeout", "60")  # a stuck load becomes a 503 with its reason, not a client timeout
     capacity = 3
     names = MODELS[:24]  # 4x the 6 slots
     stack.register(capacity=capacity, models=names)
