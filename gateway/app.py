@@ -45,6 +45,8 @@ class Gateway:
         self.registry = Registry(self.placer)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.watch("placement", self._placement_metrics)
+        self.placer.loader.events.on_load = self.metrics.load_seconds.observe
+        self.placer.loader.events.on_eviction = self.metrics.eviction_idle.observe
         self.dataplane = DataPlane(self.placer, settings, self.metrics)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
         self.admin = build_admin_app(self.registry, self.dataplane, self.metrics, settings.admin_token)

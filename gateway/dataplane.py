@@ -45,6 +45,8 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self.ready = False  # set once placement has its first view of Redis
+        self._hit = metrics.placement.labels("hit")
+        self._miss = metrics.placement.labels("miss")
 
     def resolve(self, name: str) -> str:
         if self.placer.model(name) is None:
@@ -59,6 +61,8 @@ class DataPlane:
         cold = backend is None
         if backend is None:
             backend = await self._cold(model)
+        else:
+            self._hit.inc()
         try:
             resp = await self._forward(call, model, backend)
         except ModelNotLoaded:
@@ -75,7 +79,7 @@ class DataPlane:
 
     async def _cold(self, model: str) -> str:
         started = time.perf_counter()
-        self.metrics.placement.labels("miss").inc()
+        self._miss.inc()
         try:
             return await self.placer.ensure(model)
         finally:

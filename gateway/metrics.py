@@ -39,6 +39,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.load_seconds = Histogram(
+            "modelyard_load_seconds",
+            "How long loads this gateway did took.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.eviction_idle = Histogram(
+            "modelyard_eviction_idle_seconds",
+            "How long each evicted copy had been idle: low values mean the cache is thrashing.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400),
+            registry=registry,
+        )
         self.retries = Counter(
             "modelyard_retries", "Requests retried transparently, by reason.", ["reason"], registry=registry
         )

@@ -41,7 +41,8 @@ log = logging.getLogger("modelyard.placement")
 
 
 class LoadEvents:
-    """Counters the loader moves; the gateway's metrics read them. Plain integers, no registry here."""
+    """Counters the loader moves, read by the gateway's metrics at scrape time (no registry here), and hooks
+    for values that belong in histograms: how long a load took, how long an evicted copy had been idle."""
 
     def __init__(self) -> None:
         self.loads = 0
@@ -49,8 +50,8 @@ class LoadEvents:
         self.evictions = 0
         self.unloads = 0
         self.joined = 0  # requests that joined a load already under way in this process
-        self.eviction_ages: list[float] = []  # idle time of each evicted copy, drained by metrics
-        self.load_seconds: list[float] = []
+        self.on_load: Callable[[float], None] = lambda seconds: None
+        self.on_eviction: Callable[[float], None] = lambda idle_seconds: None
 
 
 class Loader:
@@ -237,7 +238,7 @@ class Loader:
             raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")
         self.view.set_copy(name, backend, CopyState.READY)
         self.events.loads += 1
-        self.events.load_seconds.append(_loop_time() - started)
+        self.events.on_load(_loop_time() - started)
         log.info("loaded %s on %s in %.2f s", name, backend, _loop_time() - started)
         return backend
 
@@ -305,7 +306,7 @@ class Loader:
                 continue
             if await self.unload_copy(cand.model, cand.backend, reason="evicted"):
                 self.events.evictions += 1
-                self.events.eviction_ages.append(max(0.0, self.clock.now() - cand.last_used))
+                self.events.on_eviction(max(0.0, self.clock.now() - cand.last_used))
                 log.info(
                     "evicted %s from %s (idle %.1f s) to make room for %s",
                     cand.model,

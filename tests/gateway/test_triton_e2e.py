@@ -61,6 +61,11 @@ def test_headers_say_which_model_and_backend_answered_and_when_it_was_cold(
     second = httpx.post(f"{gw.url}/v2/models/m003/infer", json=infer_body([2.0]), timeout=60)
     assert second.status_code == 200 and "x-modelyard-cold" not in second.headers
     assert second.headers["x-modelyard-backend"] == first.headers["x-modelyard-backend"]
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'modelyard_placement_total{result="miss"} 1.0' in metrics
+    assert 'modelyard_placement_total{result="hit"} 1.0' in metrics
+    assert "modelyard_loads_total 1.0" in metrics
+    assert "modelyard_load_seconds_count 1.0" in metrics
 
 
 def test_overcommit_under_random_traffic_answers_right_and_never_exceeds_capacity(
