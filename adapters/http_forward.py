@@ -33,7 +33,11 @@ HOP_BY_HOP = frozenset(
 def make_client(max_connections: int = 512) -> httpx.AsyncClient:
     """One client per backend: pooled keep-alive connections, no global timeout (each call sets one)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False, trust_env=False)
+    client = httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False, trust_env=False)
+    # httpx would add its own Accept-Encoding; the backend must see only what the client asked for, or a
+    # client that never asked for gzip gets a compressed body passed through to it.
+    del client.headers["accept-encoding"]
+    return client
 
 
 async def send_raw(

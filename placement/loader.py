@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from adapters.base import LoadRequest, RuntimeAdapter
 from adapters.errors import BackendError, BackendLoadError
@@ -29,6 +29,7 @@ from placement.policy import BackendChooser, BackendLoad, EvictionCandidate, Evi
 from placement.records import CopyRecord, CopyState, ModelSpec
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
+from placement.tasks import sleep_or_stop, stop_task
 from placement.usage import Usage
 from placement.view import PlacementView
 
@@ -106,8 +107,7 @@ class Loader:
         if token is None:
             return len(self.view.ready_backends(name))
         deadline = _loop_time() + self.settings.load_timeout
-        renew = asyncio.create_task(self._renew(name, token))
-        try:
+        async with self._holding_lease(name, token):
             while True:
                 copies = await self.store.copies_of(name)
                 ready = [c for c in copies if c.state is CopyState.READY and self.view.usable(c.backend)]
@@ -115,12 +115,6 @@ class Loader:
                     return len(ready)
                 backend = await self._reserve(spec, token, deadline)
                 await self._load(spec, backend, token)
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            with contextlib.suppress(Exception):
-                await self.store.lease_release(name, token)
 
     def loading(self, name: str) -> bool:
         return name in self._tasks
@@ -142,19 +136,13 @@ class Loader:
                     raise NoCapacity(f"model {name!r} is still being loaded by another gateway", 1.0)
                 await self.view.wait(name, self.settings.wait_poll)
                 continue
-            renew = asyncio.create_task(self._renew(name, token))
             try:
-                return await self._place(spec, token, deadline)
+                async with self._holding_lease(name, token):
+                    return await self._place(spec, token, deadline)
             except LeaseLost as exc:
                 # Whoever holds the lease now finishes (or adopts) the load; look again.
                 log.warning("%s", exc)
                 continue
-            finally:
-                renew.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renew
-                with contextlib.suppress(Exception):
-                    await self.store.lease_release(name, token)
 
     async def _ready_copy(self, name: str) -> str | None:
         copies = await self.store.copies_of(name)
@@ -174,10 +162,21 @@ class Loader:
                 retry_after=wait,
             )
 
-    async def _renew(self, name: str, token: int) -> None:
+    @contextlib.asynccontextmanager
+    async def _holding_lease(self, name: str, token: int) -> AsyncIterator[None]:
+        """Keep the lease renewed while the body runs; then stop renewing and release it."""
+        stop = asyncio.Event()
+        renew = asyncio.create_task(self._renew(name, token, stop), name=f"modelyard-lease-{name}")
+        try:
+            yield
+        finally:
+            await stop_task(renew, stop)
+            with contextlib.suppress(Exception):
+                await self.store.lease_release(name, token)
+
+    async def _renew(self, name: str, token: int, stop: asyncio.Event) -> None:
         ttl_ms = int(self.settings.lease_ttl * 1000)
-        while True:
-            await asyncio.sleep(self.settings.lease_ttl / 3)
+        while not await sleep_or_stop(stop, self.settings.lease_ttl / 3):
             if not await self.store.lease_renew(name, token, ttl_ms):
                 log.warning("lost the load lease of %s (token %d)", name, token)
                 return
@@ -356,7 +355,7 @@ class Loader:
         previous = self.view.copies.get(model, {}).get(backend)
         # Stop local requests from choosing this copy before anything is awaited.
         self.view.set_copy(model, backend, CopyState.UNLOADING)
-        res = await self.store.begin_unload(backend, model)
+        res = await self.store.begin_unload(backend, model, self.clock.now())
         if res != "ok":
             if previous is not None and res.startswith("state:"):
                 self.view.set_copy(model, backend, CopyState(res.split(":", 1)[1]))

@@ -17,6 +17,7 @@ from placement.reconcile import Reconciler
 from placement.records import BackendSpec, CopyState, ModelSpec
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
+from placement.tasks import sleep_or_stop, stop_task
 from placement.usage import Usage
 from placement.view import PlacementView, ViewSync
 
@@ -50,6 +51,7 @@ class Placer:
         self.reconciler = Reconciler(store, self.view, self.loader, self.adapter, settings, clock)
         self.view.on_backends_changed = self._backends_changed
         self._flusher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._rr = 0
 
     async def start(self) -> None:
@@ -59,10 +61,7 @@ class Placer:
 
     async def stop(self) -> None:
         await self.reconciler.stop()
-        if self._flusher:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await stop_task(self._flusher, self._stop)
         with contextlib.suppress(Exception):
             await self.store.touch_many(self.usage.drain())
         await self.sync.stop()
@@ -131,8 +130,7 @@ class Placer:
                 self.view.set_copy(model, backend, c.state)
 
     async def _flush_usage(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.usage_flush_interval)
+        while not await sleep_or_stop(self._stop, self.settings.usage_flush_interval):
             try:
                 await self.store.touch_many(self.usage.drain())
             except asyncio.CancelledError:

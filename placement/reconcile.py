@@ -26,6 +26,7 @@ from placement.loader import Loader
 from placement.records import CopyState
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
+from placement.tasks import sleep_or_stop, stop_task
 from placement.view import PlacementView
 
 log = logging.getLogger("modelyard.reconcile")
@@ -49,6 +50,7 @@ class Reconciler:
         self.clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}  # consecutive failed health checks per backend
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
         await self.check_health()
@@ -59,14 +61,10 @@ class Reconciler:
 
     async def stop(self) -> None:
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await stop_task(t, self._stop)
 
     async def _every(self, interval: float, fn: Callable[[], object]) -> None:
-        while True:
-            await asyncio.sleep(interval)
+        while not await sleep_or_stop(self._stop, interval):
             try:
                 result = fn()
                 if asyncio.iscoroutine(result):
@@ -121,18 +119,18 @@ class Reconciler:
         holding = await adapter.loaded()
         now = self.clock.now()
         for c in copies:
-            if c.state in (CopyState.READY, CopyState.UNLOADING) and c.model not in holding:
-                if c.state is CopyState.UNLOADING:
-                    with contextlib.suppress(BackendError):
-                        await adapter.unload(c.model)
-                if await self.store.remove_copy(bid, c.model, c.state) == "ok":
-                    log.warning("%s does not hold %s (Redis said %s): copy removed", bid, c.model, c.state)
-            elif c.state is CopyState.UNLOADING:
+            age = now - c.since
+            if c.state is CopyState.READY and c.model not in holding:
+                if await self.store.remove_copy(bid, c.model, CopyState.READY) == "ok":
+                    log.warning("%s no longer holds %s (restarted?): its copy was removed", bid, c.model)
+            elif c.state is CopyState.UNLOADING and age > self.settings.stuck_after:
+                # The gateway that began this unload did not finish it (it died, or the backend failed).
                 await adapter.unload(c.model)
-                await self.store.remove_copy(bid, c.model, CopyState.UNLOADING)
+                if await self.store.remove_copy(bid, c.model, CopyState.UNLOADING) == "ok":
+                    log.warning("finished an unload of %s on %s left for %.0f s", c.model, bid, age)
             elif (
                 c.state is CopyState.LOADING
-                and now - c.since > self.settings.load_timeout
+                and age > max(self.settings.load_timeout, self.settings.stuck_after)
                 and await self.store.lease_holder(c.model) is None
             ):
                 await adapter.unload(c.model)

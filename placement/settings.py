@@ -15,6 +15,7 @@ class PlacementSettings:
     health_interval: float = 2.0  # how often each backend's health is checked
     health_failures: int = 3  # failed checks in a row before a known backend is taken out of rotation
     reconcile_interval: float = 10.0  # how often backends' real contents are compared with Redis
+    stuck_after: float = 90.0  # an unload or load this old with nobody on it is finished by reconciliation
     failure_backoff: float = 1.0  # first delay after a failed load; doubles per failure
     failure_backoff_max: float = 60.0
     wait_poll: float = 0.25  # longest wait between looks when waiting for another gateway's load or a slot

@@ -112,12 +112,12 @@ return tostring(delay)
 
 _BEGIN_UNLOAD = """
 local copies, events = KEYS[1], ARGV[3]
-local model, bid = ARGV[1], ARGV[2]
+local model, bid, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local cur = redis.call('HGET', copies, model)
 if not cur then return 'none' end
 local c = cjson.decode(cur)
 if c.state ~= 'ready' then return 'state:' .. c.state end
-c.state = 'unloading'
+c.state = 'unloading'; c.since = now
 redis.call('HSET', copies, model, cjson.encode(c))
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='unloading'}))
 return 'ok'
@@ -374,9 +374,9 @@ class RedisStore:
         )
         return _s(res)
 
-    async def begin_unload(self, bid: str, model: str) -> str:
+    async def begin_unload(self, bid: str, model: str, now: float) -> str:
         self._count("script")
-        res = await self._begin_unload(keys=[self.k_copies(bid)], args=[model, bid, self.events])
+        res = await self._begin_unload(keys=[self.k_copies(bid)], args=[model, bid, self.events, now])
         return _s(res)
 
     async def remove_copy(self, bid: str, model: str, expect: CopyState | None) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from placement.records import BackendRecord, CopyState, ModelSpec
 from placement.store import RedisStore, Snapshot
+from placement.tasks import stop_task
 
 log = logging.getLogger("modelyard.view")
 
@@ -147,23 +148,21 @@ class ViewSync:
         self.resync_interval = resync_interval
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="modelyard-view-sync")
         await self.synced.wait()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, self._stop)
 
     async def resync(self) -> None:
         self.view.load_snapshot(await self.store.snapshot())
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stop.is_set():
             pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.store.events)
@@ -173,7 +172,7 @@ class ViewSync:
                 backoff = 0.1
                 loop = asyncio.get_running_loop()
                 next_resync = loop.time() + self.resync_interval
-                while True:
+                while not self._stop.is_set():
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         await self._apply(json.loads(msg["data"]))

@@ -13,6 +13,7 @@ import pytest
 
 from adapters.base import ForwardRequest, LoadRequest
 from adapters.errors import BackendLoadError, BackendTimeout, BackendUnavailable, ModelNotLoaded
+from adapters.http_forward import make_client
 from adapters.triton import TritonAdapter
 
 
@@ -99,3 +100,19 @@ async def test_unload_returns_only_when_the_index_no_longer_holds_the_model() ->
 
     await adapter(httpx.MockTransport(handle)).unload("m")
     assert index_calls == 3
+
+
+async def test_no_accept_encoding_is_added_that_the_client_did_not_send() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(r: httpx.Request) -> httpx.Response:
+        seen.append(r)
+        return streamed(200, b"{}")
+
+    client = make_client()
+    client._transport = httpx.MockTransport(handle)  # the real client's headers, a fake network
+    a = TritonAdapter("t0", "http://triton:8000", client=client)
+    await a.forward(infer())
+    assert "accept-encoding" not in seen[0].headers
+    await a.forward(ForwardRequest("kserve", "POST", "m", None, "infer", b"{}", [("accept-encoding", "gzip")]))
+    assert seen[1].headers["accept-encoding"] == "gzip"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,9 +63,16 @@ def test_headers_say_which_model_and_backend_answered_and_when_it_was_cold(
     second = httpx.post(f"{gw.url}/v2/models/m003/infer", json=infer_body([2.0]), timeout=60)
     assert second.status_code == 200 and "x-modelyard-cold" not in second.headers
     assert second.headers["x-modelyard-backend"] == first.headers["x-modelyard-backend"]
+    # A client that sends no Accept-Encoding (urllib sends none) gets the body as Triton would give it: plain.
+    req = urllib.request.Request(
+        f"{gw.url}/v2/models/m003/infer", data=json.dumps(infer_body([3.0])).encode(), method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=60) as plain:
+        assert plain.headers.get("content-encoding") is None
+        check_answer("m003", [3.0], json.loads(plain.read()))
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'modelyard_placement_total{result="miss"} 1.0' in metrics
-    assert 'modelyard_placement_total{result="hit"} 1.0' in metrics
+    assert 'modelyard_placement_total{result="hit"} 2.0' in metrics
     assert "modelyard_loads_total 1.0" in metrics
     assert "modelyard_load_seconds_count 1.0" in metrics
 

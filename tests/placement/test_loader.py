@@ -219,3 +219,20 @@ async def test_a_restarted_gateway_serves_warm_models_without_reloading(
     assert second.warm_backend("m") == "b1"
     assert await second.ensure("m") == "b1"
     assert backends["b1"].loads == ["m"]
+
+
+async def test_loads_finish_when_they_end_while_a_lease_renewal_is_in_flight(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend]
+) -> None:
+    """Regression: ending the renew task by cancel alone could be swallowed by redis-py mid-EVALSHA, leaving
+    the load task (and every request joining it) waiting forever. Loads here last about one renew period,
+    so a renewal is often in flight when the load ends."""
+    ttl = 0.15
+    placer = await make_placer(lease_ttl=ttl)
+    names = [f"m{i}" for i in range(120)]
+    await register(placer, backends, {"b1": 1000}, [triton(n) for n in names])
+    rng = random.Random(3)
+    for name in names:
+        backends["b1"].load_delay = ttl / 3 * rng.uniform(0.9, 1.1)
+        await asyncio.wait_for(placer.ensure(name), 5)
+        assert await placer.store.lease_holder(name) is None
