@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters.base import LoadRequest
 from adapters.errors import BackendError
 from placement.errors import Conflict, NotFound, Unplaceable
 from placement.placer import Placer
-from placement.records import BackendSpec, CopyState, ModelSpec, ModelStatus, check_name
+from placement.records import BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, check_name
 
 
 def _loop_time() -> float:
@@ -70,32 +71,24 @@ class Registry:
         if not await self.store.set_backend_flag(check_name("backend", backend_id), "draining", True):
             raise NotFound(f"backend {backend_id!r} is not registered")
         self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
-        unloaded: list[str] = []
-        deadline = _loop_time() + self.placer.settings.load_timeout
-        while True:
-            copies = await self.store.copies_on(backend_id)
-            busy = False
-            for c in copies:
-                if c.state is CopyState.READY:
-                    if await self.placer.loader.unload_copy(c.model, backend_id, reason="drain"):
-                        unloaded.append(c.model)
-                elif c.state is CopyState.FAILED:
-                    await self.store.remove_copy(backend_id, c.model, CopyState.FAILED)
-                else:
-                    busy = True
-            if not busy and not any(c.state is CopyState.READY for c in copies):
-                break
-            if _loop_time() > deadline or self.view.reachable.get(backend_id) is False:
-                log.warning("backend %s removed with copies it could not drain: %s", backend_id, copies)
-                break
-            await asyncio.sleep(0.1)
-        remaining = [c.model for c in await self.store.copies_on(backend_id) if c.state.holds_slot]
-        for model in remaining:  # the backend is unreachable or stuck; forget what it held
-            await self.store.remove_copy(backend_id, model, None)
+        unloaded, left = await self._unload_all(
+            lambda: self.store.copies_on(backend_id),
+            "drain",
+            give_up=lambda: self.view.reachable.get(backend_id) is False,
+        )
+        if left:
+            log.warning("backend %s removed with copies it could not drain: %s", backend_id, [c.model for c in left])
+        for c in await self.store.copies_on(backend_id):  # failed entries, and what an unreachable backend held
+            await self.store.remove_copy(backend_id, c.model, None)
         await self.store.delete_backend(backend_id)
         self.view.set_backend(backend_id, None)
         log.info("backend %s drained (%d models unloaded) and removed", backend_id, len(unloaded))
-        return {"id": backend_id, "drained": True, "unloaded": sorted(unloaded), "abandoned": remaining}
+        return {
+            "id": backend_id,
+            "drained": True,
+            "unloaded": sorted(c.model for c in unloaded),
+            "abandoned": sorted(c.model for c in left),
+        }
 
     # -- models ----------------------------------------------------------------------------------------
     async def put_model(self, name: str, body: Any) -> dict[str, Any]:
@@ -187,23 +180,27 @@ class Registry:
 
     async def unload_model(self, name: str) -> list[str]:
         """Unload every copy; waits for loads under way to end first. Returns the backends unloaded from."""
-        done: list[str] = []
+        unloaded, _ = await self._unload_all(lambda: self.store.copies_of(name), "admin")
+        return [c.backend for c in unloaded]
+
+    async def _unload_all(
+        self,
+        list_copies: Callable[[], Awaitable[list[CopyRecord]]],
+        reason: str,
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> tuple[list[CopyRecord], list[CopyRecord]]:
+        """Unload every ready copy `list_copies` gives, waiting for loads and unloads under way to end, until
+        none holds a slot, the load timeout passes or `give_up()`. Returns (unloaded, left)."""
+        unloaded: list[CopyRecord] = []
         deadline = _loop_time() + self.placer.settings.load_timeout
         while True:
-            copies = await self.store.copies_of(name)
-            pending = False
-            for c in copies:
-                if c.state is CopyState.READY:
-                    try:
-                        if await self.placer.loader.unload_copy(name, c.backend, reason="admin"):
-                            done.append(c.backend)
-                    except BackendError as exc:
-                        log.warning("unload of %s from %s failed: %s", name, c.backend, exc)
-                elif c.state in (CopyState.LOADING, CopyState.UNLOADING):
-                    pending = True
-            if not pending or _loop_time() > deadline:
-                return done
-            await self.view.wait(name, 0.2)
+            for c in await list_copies():
+                if c.state is CopyState.READY and await self.placer.loader.unload_copy(c.model, c.backend, reason):
+                    unloaded.append(c)
+            left = [c for c in await list_copies() if c.state.holds_slot]
+            if not left or _loop_time() > deadline or give_up():
+                return unloaded, left
+            await asyncio.sleep(0.1)
 
     # -- placement view --------------------------------------------------------------------------------
     async def placement(self) -> dict[str, Any]:

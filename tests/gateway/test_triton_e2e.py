@@ -271,3 +271,27 @@ def test_refresh_swaps_a_changed_model_under_traffic_without_a_failed_request(
         assert set(seen) == {31.0, 1001.0}
     finally:
         write_model(stack.repo, "m030", 30.0, load_log=stack.load_log)
+
+
+def test_deleting_a_backend_drains_it_and_its_models_move_on_demand(
+    stack: LocalStack, start_gateway: StartGateway
+) -> None:
+    gw = start_gateway()
+    stack.register(capacity=4, models=["m031", "m032"])
+    with stack.admin(gw) as admin:
+        for name in ("m031", "m032"):
+            assert admin.post(f"/admin/models/{name}/load").status_code == 200
+        placement = admin.get("/admin/placement").json()["backends"]
+        busy = next(b for b, rec in placement.items() if rec["models"])
+        held = sorted(m["name"] for m in placement[busy]["models"])
+        r = admin.delete(f"/admin/backends/{busy}")
+        assert r.status_code == 200 and r.json()["unloaded"] == held and r.json()["abandoned"] == []
+        assert admin.get(f"/admin/backends/{busy}").status_code == 404
+        assert stack.holding(stack.tritons[int(busy.split("-")[1])]) == []
+        for name in held:
+            assert all(c["backend"] != busy for c in admin.get(f"/admin/models/{name}").json()["copies"])
+    other = "triton-1" if busy == "triton-0" else "triton-0"
+    for name in held:
+        r = httpx.post(f"{gw.url}/v2/models/{name}/infer", json=infer_body([2.0]), timeout=60)
+        assert r.status_code == 200 and r.headers["x-modelyard-backend"] == other
+        check_answer(name, [2.0], r.json())
