@@ -24,6 +24,7 @@ from adapters.errors import (
     ModelNotLoaded,
 )
 from adapters.http_forward import make_client, send_raw
+from adapters.upstream import UpstreamPool
 
 # Triton's words when it does not hold a model (checked against Triton 2.51; see deploy/localstack/TRITON_FACTS.md).
 _NOT_LOADED_MARKERS = (
@@ -58,8 +59,14 @@ class TritonAdapter:
         self.control_timeout = control_timeout
         self.poll_interval = poll_interval
         self._client = client or make_client()
+        # The data plane goes through the lean pool for plain-HTTP backends; https backends and an injected httpx
+        # client (tests' MockTransport) keep httpx.
+        lean = client is None and self.url.startswith("http://")
+        self._pool = UpstreamPool(backend_id, self.url) if lean else None
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         await self._client.aclose()
 
     async def _control(self, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
@@ -143,15 +150,18 @@ class TritonAdapter:
             path += f"/versions/{request.version}"
         if request.op:
             path += f"/{request.op}"
-        resp = await send_raw(
-            self._client,
-            self.backend_id,
-            request.method,
-            self.url + path,
-            request.headers,
-            request.body,
-            request.timeout,
-        )
+        if self._pool is not None:
+            resp = await self._pool.request(request.method, path, request.headers, request.body, request.timeout)
+        else:
+            resp = await send_raw(
+                self._client,
+                self.backend_id,
+                request.method,
+                self.url + path,
+                request.headers,
+                request.body,
+                request.timeout,
+            )
         if resp.status in (400, 404, 503) and _means_not_loaded(_body_error(resp.body)):
             raise ModelNotLoaded(
                 f"backend {self.backend_id} does not hold {request.model!r}: {_body_error(resp.body)}",
