@@ -47,6 +47,19 @@ class HttpDataPlane:
         self.dp = dataplane
         self.metrics = metrics
         self.max_body = max_body_bytes
+        # Labelled children, bound once: `.labels()` on every request is measurable on the warm path.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
+
+    def _record(self, op: str, status: int, seconds: float) -> None:
+        counter = self._counted.get((op, status))
+        if counter is None:
+            counter = self._counted[(op, status)] = self.metrics.requests.labels("http", op, str(status))
+        counter.inc()
+        timer = self._timed.get(op)
+        if timer is None:
+            timer = self._timed[op] = self.metrics.latency.labels("http", op)
+        timer.observe(seconds)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -55,20 +68,21 @@ class HttpDataPlane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         op = "other"
+        status = 500
         try:
             method = scope["method"]
             path = scope["path"]
             if path in ("/v2", "/v2/"):
-                op = "server_metadata"
+                op, status = "server_metadata", 200
                 await _json(send, 200, SERVER_METADATA)
                 return
             if path == "/v2/health/live":
-                op = "live"
+                op, status = "live", 200
                 await _empty(send, 200)
                 return
             if path == "/v2/health/ready":
-                op = "server_ready"
-                await _empty(send, 200 if self.dp.ready else 503)
+                op, status = "server_ready", 200 if self.dp.ready else 503
+                await _empty(send, status)
                 return
             name, version, op = parse_kserve_path(path)
             expected = KSERVE_OPS[op]
@@ -77,29 +91,31 @@ class HttpDataPlane:
             if not self.dp.ready:
                 raise NotReady("the gateway has not reached Redis yet; try again in a moment")
             if op == "ready":
-                await self._ready(send, name, version)
+                status = await self._ready(send, name, version)
                 return
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
             headers = forward_headers(scope)
             answer = await self.dp.call(Call("kserve", method, name, version, op, body, headers))
+            status = answer.response.status
             await send_answer(send, answer)
-            self.metrics.requests.labels("http", op or "metadata", str(answer.response.status)).inc()
         except ModelyardError as exc:
             err = to_http(exc)
+            status = err.status
             await _error(send, err)
-            self.metrics.requests.labels("http", op or "metadata", str(err.status)).inc()
         finally:
-            self.metrics.latency.labels("http", op or "metadata").observe(time.perf_counter() - started)
+            self._record(op or "metadata", status, time.perf_counter() - started)
 
-    async def _ready(self, send: Send, name: str, version: str | None) -> None:
+    async def _ready(self, send: Send, name: str, version: str | None) -> int:
         model = self.dp.resolve(name)
         backend = self.dp.placer.warm_backend(model)
         if backend is not None:
             answer = await self.dp.call(Call("kserve", "GET", name, version, "ready"))
             await send_answer(send, answer)
-            return
+            return answer.response.status
         # A cold model is ready to serve when some backend can load it; readiness does not load it.
-        await _empty(send, 200 if self.dp.model_servable(model) else 503, [(b"x-modelyard-model", model.encode())])
+        status = 200 if self.dp.model_servable(model) else 503
+        await _empty(send, status, [(b"x-modelyard-model", model.encode())])
+        return status
 
 
 def parse_kserve_path(path: str) -> tuple[str, str | None, str]:

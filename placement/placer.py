@@ -74,7 +74,7 @@ class Placer:
     def adapter(self, backend: str) -> RuntimeAdapter:
         rec = self.view.backends.get(backend)
         have = self._adapters.get(backend)
-        if have is not None and (rec is None or have[0] == rec.spec):
+        if have is not None and (rec is None or have[0] is rec.spec or have[0] == rec.spec):
             return have[1]
         if rec is None:
             raise KeyError(f"backend {backend!r} is not registered")
