@@ -28,7 +28,7 @@ check: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) -m loadtests.overhead $(ARGS)
+	$(PY) -m loadtests.overhead --floor $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
