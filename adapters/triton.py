@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -145,9 +146,11 @@ class TritonAdapter:
                 f"backend {self.backend_id} is a Triton server and speaks KServe v2, not {request.protocol}",
                 self.backend_id,
             )
-        path = f"/v2/models/{request.model}"
+        # Quoted again: the front end un-quoted them, and a raw space or CR/LF would break (or inject into) the
+        # request line the upstream pool writes.
+        path = f"/v2/models/{quote(request.model, safe='')}"
         if request.version:
-            path += f"/versions/{request.version}"
+            path += f"/versions/{quote(request.version, safe='')}"
         if request.op:
             path += f"/{request.op}"
         if self._pool is not None:

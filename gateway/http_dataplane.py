@@ -134,8 +134,8 @@ def parse_kserve_path(path: str) -> tuple[str, str | None, str]:
     version = None
     if len(rest) >= 2 and rest[0] == "versions":
         version = unquote(rest[1])
-        if not version:
-            raise BadRequest(f"empty version in {path}")
+        if not version.isdigit():
+            raise BadRequest(f"version must be a positive integer, got {version!r} in {path}")
         rest = rest[2:]
     if not rest or rest == [""]:
         return name, version, ""

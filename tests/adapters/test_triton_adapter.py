@@ -116,3 +116,14 @@ async def test_no_accept_encoding_is_added_that_the_client_did_not_send() -> Non
     assert "accept-encoding" not in seen[0].headers
     await a.forward(ForwardRequest("kserve", "POST", "m", None, "infer", b"{}", [("accept-encoding", "gzip")]))
     assert seen[1].headers["accept-encoding"] == "gzip"
+
+
+async def test_path_segments_are_quoted_again_before_they_reach_the_backend() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(r: httpx.Request) -> httpx.Response:
+        seen.append(r)
+        return streamed(200, b"{}")
+
+    await adapter(httpx.MockTransport(handle)).forward(infer("m", "1\r\nX: y"))
+    assert seen[0].url.raw_path == b"/v2/models/m/versions/1%0D%0AX%3A%20y/infer"

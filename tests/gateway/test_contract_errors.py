@@ -174,3 +174,11 @@ def test_records_listing_paging_and_delete(admin: httpx.Client) -> None:
     assert "rec" in admin.get("/admin/placement").json()["backends"]
     assert admin.delete("/admin/backends/rec").status_code == 200
     _error(admin.get("/admin/backends/rec"), 404)
+
+
+def test_a_version_that_is_not_a_number_is_400_and_never_reaches_a_backend(
+    gw: GatewayProcess, admin: httpx.Client
+) -> None:
+    admin.put("/admin/models/m", json={"runtime": "triton"})
+    for version in ("1%0d%0aX-Injected:%201", "1%20x", "abc"):
+        _error(httpx.post(f"{gw.url}/v2/models/m/versions/{version}/infer", json={}), 400, "version must be a positive")
