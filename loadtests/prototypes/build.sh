@@ -18,6 +18,10 @@ for name in "${!variants[@]}"; do
   git -C "$repo" archive "$rev" | tar -x -C "$dir"
   for n in ${variants[$name]}; do
     patch=$(ls "$here"/"$n"-*.patch)
+    if [ "$n" = 02 ] && [ -f "$dir/adapters/upstream.py" ]; then
+      echo "$name: 02 was adopted (adapters/upstream.py) in $rev, skipped"
+      continue
+    fi
     if git -C "$dir" apply --check "$patch" 2>/dev/null || (cd "$dir" && git apply --check "$patch" 2>/dev/null); then
       (cd "$dir" && git apply "$patch")
     elif (cd "$dir" && git apply --reverse --check "$patch" 2>/dev/null); then
