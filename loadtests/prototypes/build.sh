@@ -31,5 +31,9 @@ for name in "${!variants[@]}"; do
       exit 1
     fi
   done
+  if [ "$name" = sniffio ]; then
+    # 00 only declares the dependency: put sniffio itself in the checkout, which --compare puts first on sys.path.
+    "$repo/.venv/bin/pip" install --quiet --disable-pip-version-check --target "$dir" 'sniffio>=1.3'
+  fi
   echo "built $dir ($rev${variants[$name]:+ + ${variants[$name]}})"
 done
