@@ -116,9 +116,6 @@ class Loader:
                 backend = await self._reserve(spec, token, deadline)
                 await self._load(spec, backend, token)
 
-    def loading(self, name: str) -> bool:
-        return name in self._tasks
-
     async def _ensure_task(self, name: str) -> str:
         deadline = _loop_time() + self.settings.load_timeout
         while True:

@@ -57,6 +57,8 @@ def test_admin_needs_the_bearer_token(gw: GatewayProcess) -> None:
     assert httpx.get(f"{gw.url}/healthz").status_code == 200
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert "modelyard_requests" in httpx.get(f"{gw.url}/metrics").text
+    schema = httpx.get(f"{gw.url}/admin/openapi.json").json()  # as README says
+    assert "/admin/models/{name}" in schema["paths"] and "/admin/backends/{backend_id}" in schema["paths"]
 
 
 @pytest.mark.parametrize(
