@@ -23,6 +23,7 @@ from placement.clock import Clock, SystemClock
 from placement.placer import Placer
 from placement.records import BackendSpec
 from placement.registry import Registry
+from placement.served import ServedLists
 from placement.store import RedisStore
 
 log = logging.getLogger("modelyard")
@@ -42,6 +43,7 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.store = RedisStore(redis_client, settings.placement.redis_prefix)
         self.placer = Placer(self.store, self._adapter, settings.placement, self.clock)
+        self.served = ServedLists(self.store, self.placer.view, settings.placement.lease_ttl)
         self.registry = Registry(self.placer)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.watch("placement", self._placement_metrics)
@@ -53,7 +55,15 @@ class Gateway:
         self._starting: asyncio.Task[None] | None = None
 
     def _adapter(self, spec: BackendSpec) -> RuntimeAdapter:
-        return make_adapter(spec.kind, spec.id, spec.url, spec.grpc_url, self.settings.placement.load_timeout)
+        return make_adapter(
+            spec.kind,
+            spec.id,
+            spec.url,
+            spec.grpc_url,
+            self.settings.placement.load_timeout,
+            lists=self.served,
+            model_base_path=spec.model_base_path,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and HttpDataPlane.handles(scope["path"]):

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 
 from adapters.base import ForwardRequest, ForwardResponse
 from adapters.errors import ModelNotLoaded
+from gateway.errors import BadRequest
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from placement.errors import UnknownModel
 from placement.placer import Placer
+
+# Which runtime's models a protocol can call.
+_RUNTIME_OF = {"kserve": "triton", "tfserving": "tfserving"}
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class DataPlane:
 
     async def call(self, call: Call) -> Answer:
         model = self.resolve(call.name)
+        self._check_protocol(call, model)
         backend = self.placer.warm_backend(model)
         cold = backend is None
         if backend is None:
@@ -76,6 +81,17 @@ class DataPlane:
             backend = retry
             resp = await self._forward(call, model, backend)
         return Answer(resp, model, backend, cold=cold)
+
+    def _check_protocol(self, call: Call, model: str) -> None:
+        spec = self.placer.model(model)
+        if spec is None or _RUNTIME_OF.get(call.protocol, spec.runtime) == spec.runtime:
+            return
+        how = (
+            f"POST /v2/models/{model}/infer (KServe v2)"
+            if spec.runtime == "triton"
+            else f"POST /v1/models/{model}:predict (TF Serving REST)"
+        )
+        raise BadRequest(f"model {model!r} runs on {spec.runtime}; call it with its own API: {how}")
 
     async def _cold(self, model: str) -> str:
         started = time.perf_counter()

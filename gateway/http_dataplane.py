@@ -1,4 +1,4 @@
-"""The HTTP data plane as a plain ASGI app: KServe v2 (Open Inference Protocol) paths.
+"""The HTTP data plane as a plain ASGI app: KServe v2 (Open Inference Protocol) and TF Serving REST paths.
 
 Thin on purpose: it parses the path, buffers the body up to the limit, calls `DataPlane.call`, and writes
 the backend's answer back byte for byte with modelyard's headers. It runs below FastAPI's routing so the
@@ -39,6 +39,7 @@ FORWARD_HEADERS = frozenset(
     }
 )
 KSERVE_OPS = {"infer": "POST", "ready": "GET", "": "GET", "config": "GET", "stats": "GET"}
+TFSERVING_OPS = {"predict": "POST", "classify": "POST", "regress": "POST", "": "GET", "metadata": "GET"}
 SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
@@ -63,7 +64,7 @@ class HttpDataPlane:
 
     @staticmethod
     def handles(path: str) -> bool:
-        return path == "/v2" or path.startswith("/v2/")
+        return path == "/v2" or path.startswith(("/v2/", "/v1/models/"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -84,8 +85,14 @@ class HttpDataPlane:
                 op, status = "server_ready", 200 if self.dp.ready else 503
                 await _empty(send, status)
                 return
-            name, version, op = parse_kserve_path(path)
-            expected = KSERVE_OPS[op]
+            if path.startswith("/v1/"):
+                protocol = "tfserving"
+                name, version, op = parse_tfserving_path(path)
+                expected = TFSERVING_OPS[op]
+            else:
+                protocol = "kserve"
+                name, version, op = parse_kserve_path(path)
+                expected = KSERVE_OPS[op]
             if method != expected:
                 raise BadRequest(f"{method} is not allowed on {path}; use {expected}")
             if not self.dp.ready:
@@ -95,7 +102,7 @@ class HttpDataPlane:
                 return
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
             headers = forward_headers(scope)
-            answer = await self.dp.call(Call("kserve", method, name, version, op, body, headers))
+            answer = await self.dp.call(Call(protocol, method, name, version, op, body, headers))
             status = answer.response.status
             await send_answer(send, answer)
         except ModelyardError as exc:
@@ -142,6 +149,45 @@ def parse_kserve_path(path: str) -> tuple[str, str | None, str]:
     if len(rest) == 1 and rest[0] in KSERVE_OPS:
         return name, version, rest[0]
     raise UnknownModel(f"no such path {path}; operations are infer, ready, config, stats or none (metadata)")
+
+
+def parse_tfserving_path(path: str) -> tuple[str, str | None, str]:
+    """`/v1/models/{name}[/versions/{v}][:predict|:classify|:regress|/metadata]` -> (name, version, op)."""
+    parts = path.split("/")
+    # ['', 'v1', 'models', name[:op], ...]
+    if len(parts) < 4 or not parts[3]:
+        raise UnknownModel(f"no such path {path}; see /v1/models/{{name}}[/versions/{{v}}]:predict")
+    op = ""
+    last = parts[-1]
+    if ":" in last:
+        # Model names can't hold ':', so the verb is what follows the last one.
+        last, _, op = last.rpartition(":")
+        if op not in ("predict", "classify", "regress"):
+            raise UnknownModel(f"no such path {path}; the verbs are :predict, :classify and :regress")
+        parts[-1] = last
+    elif len(parts) > 4 and last == "metadata":
+        op = "metadata"
+        parts.pop()
+    if parts and parts[-1] == "" and len(parts) > 4:
+        parts.pop()
+    name = unquote(parts[3])
+    rest = parts[4:]
+    version = None
+    if len(rest) == 2 and rest[0] == "versions":
+        version = unquote(rest[1])
+        if not version.isdigit():
+            raise BadRequest(f"version must be a positive integer, got {version!r} in {path}")
+        rest = []
+    elif len(rest) == 2 and rest[0] == "labels":
+        raise BadRequest(
+            f"version labels are not supported through modelyard (path {path}); call /versions/{{v}} or the "
+            "model without a version"
+        )
+    if rest or not name:
+        raise UnknownModel(
+            f"no such path {path}; see /v1/models/{{name}}[/versions/{{v}}][:predict|:classify|:regress|/metadata]"
+        )
+    return name, version, op
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -206,12 +206,18 @@ class Loader:
             reason = str(exc)
             if not isinstance(exc, BackendLoadError):
                 # Timed out or unreachable: the backend may still finish the load. Unload it before the slot
-                # is given back, so that capacity can't be exceeded behind our back.
+                # is given back, so that capacity can't be exceeded behind our back. The copy is marked
+                # unloading first, so no gateway asks for it again (TF Serving is sent whole model lists).
+                marked = await self.store.begin_unload(backend, name, self.clock.now(), CopyState.LOADING, token)
+                if marked not in ("ok", "none"):
+                    raise LeaseLost(f"lost the load of {name!r} on {backend} ({marked})") from exc
                 try:
                     await self.adapter(backend).unload(name)
                 except BackendError:
+                    # The copy stays 'unloading' with its slot; reconciliation finishes the unload later.
                     log.warning("%s: load of %s failed and so did the unload; slot kept", backend, name)
                     raise LoadFailed(f"model {name!r} could not be loaded: {reason}", reason, 5.0) from exc
+                await self.store.remove_copy(backend, name, CopyState.UNLOADING)
             delay = await self.store.fail(
                 backend,
                 name,

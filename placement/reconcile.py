@@ -133,8 +133,10 @@ class Reconciler:
                 and age > max(self.settings.load_timeout, self.settings.stuck_after)
                 and await self.store.lease_holder(c.model) is None
             ):
+                if await self.store.begin_unload(bid, c.model, now, CopyState.LOADING, c.token) != "ok":
+                    continue
                 await adapter.unload(c.model)
-                if await self.store.remove_copy(bid, c.model, CopyState.LOADING) == "ok":
+                if await self.store.remove_copy(bid, c.model, CopyState.UNLOADING) == "ok":
                     log.warning("removed a load of %s on %s abandoned by its gateway", c.model, bid)
 
     async def ensure_min_copies(self) -> None:

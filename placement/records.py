@@ -17,6 +17,7 @@ from placement.errors import InvalidSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RUNTIMES = ("triton", "tfserving")
+DEFAULT_TFSERVING_BASE_PATH = "/models"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -64,15 +65,20 @@ class BackendSpec:
     url: str
     grpc_url: str | None
     capacity: Capacity
+    # TF Serving only: where the server finds a model registered without a `source`, as `{model_base_path}/{name}`
+    # (a path or URI the server itself reads; /models is the tensorflow/serving image's convention).
+    model_base_path: str | None = None
 
     @staticmethod
     def parse(backend_id: str, body: Any) -> BackendSpec:
         check_name("backend", backend_id)
         if not isinstance(body, dict):
             raise InvalidSpec("the body must be a JSON object with kind, url and capacity")
-        unknown = set(body) - {"kind", "url", "grpc_url", "capacity", "id"}
+        unknown = set(body) - {"kind", "url", "grpc_url", "capacity", "model_base_path", "id"}
         if unknown:
-            raise InvalidSpec(f"unknown field(s) {sorted(unknown)}; expected kind, url, grpc_url, capacity")
+            raise InvalidSpec(
+                f"unknown field(s) {sorted(unknown)}; expected kind, url, grpc_url, capacity, model_base_path"
+            )
         kind = body.get("kind")
         if kind not in RUNTIMES:
             raise InvalidSpec(f"kind must be one of {list(RUNTIMES)}, got {kind!r}")
@@ -93,7 +99,18 @@ class BackendSpec:
         mem = cap.get("memory_bytes")
         if mem is not None and (not _is_int(mem) or mem < 1):
             raise InvalidSpec(f"capacity.memory_bytes must be a positive integer or null, got {mem!r}")
-        return BackendSpec(backend_id, kind, url.rstrip("/"), grpc_url, Capacity(models, mem))
+        base = body.get("model_base_path")
+        if base is not None:
+            if kind != "tfserving":
+                raise InvalidSpec("model_base_path is for tfserving backends (Triton has its own model repository)")
+            if not isinstance(base, str) or not _is_base_path(base):
+                raise InvalidSpec(
+                    f"model_base_path must be an absolute path or a URI such as s3://bucket/models, got {base!r}"
+                )
+            base = base.rstrip("/") or "/"
+        elif kind == "tfserving":
+            base = DEFAULT_TFSERVING_BASE_PATH
+        return BackendSpec(backend_id, kind, url.rstrip("/"), grpc_url, Capacity(models, mem), base)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +119,7 @@ class BackendSpec:
             "url": self.url,
             "grpc_url": self.grpc_url,
             "capacity": self.capacity.to_json(),
+            **({"model_base_path": self.model_base_path} if self.model_base_path is not None else {}),
         }
 
     @staticmethod
@@ -113,6 +131,7 @@ class BackendSpec:
             data["url"],
             data.get("grpc_url"),
             Capacity(int(cap["models"]), cap.get("memory_bytes")),
+            data.get("model_base_path"),
         )
 
 
@@ -251,6 +270,15 @@ def _is_http_url(url: str) -> bool:
 def _is_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
     return bool(sep) and bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _is_base_path(value: str) -> bool:
+    if "\n" in value or "\x00" in value:
+        return False
+    if value.startswith("/"):
+        return True
+    scheme, sep, rest = value.partition("://")
+    return bool(sep) and scheme.isalnum() and bool(rest)
 
 
 def _is_s3(source: str) -> bool:

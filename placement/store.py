@@ -12,12 +12,16 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:lastused                 ZSET model -> last used anywhere
     p:lease:{model}            STRING fencing token of the gateway loading the model; expires (PX)
     p:fence                    INCR counter of fencing tokens
+    p:served:{backend}:lock    STRING fencing token of the gateway sending a backend its model list; expires (PX)
+    p:served:{backend}:sent    STRING JSON model list last sent to a list-configured backend (TF Serving)
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
 
 Capacity is only ever taken by `reserve`, which counts the backend's copies and reserves the slot in one
 script, so two gateways can never both take the last slot. A slot is freed only by `finish_unload` (after the
 backend finished unloading), by `fail`, or by `drop` (the backend lost the copy). Every write that belongs to
 a load checks the fencing token against the lease, so a gateway whose lease expired cannot write.
+TF Serving is configured by whole model lists, not per model: `served_lock_*` serialize the sending of a
+backend's list across gateways, and `served_sent_set` records what was sent, fenced by the lock's token.
 Scripts use only EVAL/EVALSHA and cjson, so Redis 6.2, 7.x and Valkey all run them.
 """
 
@@ -116,7 +120,8 @@ local model, bid, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local cur = redis.call('HGET', copies, model)
 if not cur then return 'none' end
 local c = cjson.decode(cur)
-if c.state ~= 'ready' then return 'state:' .. c.state end
+if c.state ~= ARGV[5] then return 'state:' .. c.state end
+if ARGV[6] ~= '' and tostring(c.token) ~= ARGV[6] then return 'fenced' end
 c.state = 'unloading'; c.since = now
 redis.call('HSET', copies, model, cjson.encode(c))
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='unloading'}))
@@ -153,6 +158,18 @@ end
 return 0
 """
 
+# Frees a lock held with `token`, without an event (nobody waits on these by subscription).
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_SENT_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -179,6 +196,8 @@ class RedisStore:
         self._remove = client.register_script(_REMOVE)
         self._renew = client.register_script(_LEASE_RENEW)
         self._release = client.register_script(_LEASE_RELEASE)
+        self._lock_release = client.register_script(_LOCK_RELEASE)
+        self._sent_set = client.register_script(_SENT_SET)
 
     # -- keys ------------------------------------------------------------------------------------------
     def k_backend(self, bid: str) -> str:
@@ -248,7 +267,7 @@ class RedisStore:
         self._count("admin")
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.srem(f"{self.p}:backends", bid)
-            pipe.delete(self.k_backend(bid), self.k_copies(bid), self.k_lru(bid))
+            pipe.delete(self.k_backend(bid), self.k_copies(bid), self.k_lru(bid), self.k_served(bid, "sent"))
             pipe.publish(self.events, json.dumps({"t": "backend", "b": bid}))
             await pipe.execute()
 
@@ -374,9 +393,16 @@ class RedisStore:
         )
         return _s(res)
 
-    async def begin_unload(self, bid: str, model: str, now: float) -> str:
+    async def begin_unload(
+        self, bid: str, model: str, now: float, expect: CopyState = CopyState.READY, token: int | None = None
+    ) -> str:
+        """Mark a copy unloading before its backend is asked to drop it; the slot stays taken until
+        `remove_copy`. From `loading` (a load given up) pass the load's `token`: 'fenced' if it moved on."""
         self._count("script")
-        res = await self._begin_unload(keys=[self.k_copies(bid)], args=[model, bid, self.events, now])
+        res = await self._begin_unload(
+            keys=[self.k_copies(bid)],
+            args=[model, bid, self.events, now, expect.value, "" if token is None else token],
+        )
         return _s(res)
 
     async def remove_copy(self, bid: str, model: str, expect: CopyState | None) -> str:
@@ -421,6 +447,36 @@ class RedisStore:
         self._count("lease")
         raw = await self.r.get(self.k_lease(model))
         return int(raw) if raw else None
+
+    # -- model lists of list-configured backends (TF Serving) ----------------------------------------------
+    def k_served(self, bid: str, part: str) -> str:
+        return f"{self.p}:served:{bid}:{part}"
+
+    async def served_lock_try(self, bid: str, ttl_ms: int) -> int | None:
+        """Take the right to send backend `bid` its model list; its fencing token, or None when it is held."""
+        self._count("served")
+        token = int(await self.r.incr(f"{self.p}:fence"))
+        ok = await self.r.set(self.k_served(bid, "lock"), token, nx=True, px=ttl_ms)
+        return token if ok else None
+
+    async def served_lock_renew(self, bid: str, token: int, ttl_ms: int) -> bool:
+        self._count("served")
+        return bool(await self._renew(keys=[self.k_served(bid, "lock")], args=[token, ttl_ms]))
+
+    async def served_lock_release(self, bid: str, token: int) -> None:
+        self._count("served")
+        await self._lock_release(keys=[self.k_served(bid, "lock")], args=[token])
+
+    async def served_sent(self, bid: str) -> str | None:
+        self._count("served")
+        raw = await self.r.get(self.k_served(bid, "sent"))
+        return _s(raw) if raw is not None else None
+
+    async def served_sent_set(self, bid: str, token: int, value: str) -> bool:
+        """Record the list sent to `bid`; refused (False) unless `token` still holds the backend's lock."""
+        self._count("served")
+        keys = [self.k_served(bid, "lock"), self.k_served(bid, "sent")]
+        return bool(await self._sent_set(keys=keys, args=[token, value]))
 
     # -- snapshot --------------------------------------------------------------------------------------
     async def snapshot(self) -> Snapshot:

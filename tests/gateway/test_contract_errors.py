@@ -83,6 +83,22 @@ def test_admin_needs_the_bearer_token(gw: GatewayProcess) -> None:
             {"kind": "triton", "url": "x:1", "capacity": {"models": 1}},
             "url must be an http(s) URL",
         ),
+        (
+            "/admin/backends/b1",
+            {
+                "kind": "tfserving",
+                "url": "http://x:1",
+                "grpc_url": "x:2",
+                "capacity": {"models": 1},
+                "model_base_path": "models",
+            },
+            "model_base_path must be an absolute path or a URI",
+        ),
+        (
+            "/admin/backends/b1",
+            {"kind": "triton", "url": "http://x:1", "capacity": {"models": 1}, "model_base_path": "/models"},
+            "model_base_path is for tfserving backends",
+        ),
     ],
 )
 def test_malformed_registrations_are_400_with_the_reason(
