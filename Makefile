@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup demo test check bench clean
+.PHONY: setup demo test check bench bench-grpc clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -29,6 +29,9 @@ check: setup
 
 bench: setup
 	$(PY) -m loadtests.overhead --floor $(ARGS)
+
+bench-grpc: setup
+	$(PY) -m loadtests.grpc_overhead $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

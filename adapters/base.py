@@ -14,6 +14,16 @@ Contract (edge cases included; placement relies on each line):
 - `forward(request)` sends one data-plane request and returns the backend's answer byte for byte, whatever
   its status, except that an answer meaning "I don't hold this model" raises `ModelNotLoaded` (placement then
   retries once), and transport failures raise `BackendUnavailable` / `BackendTimeout`.
+- gRPC protocols (`protocol` ending in "-grpc", e.g. "kserve-grpc") go through the same `forward`:
+  `method` is the full gRPC method path ("/inference.GRPCInferenceService/ModelInfer"), `op` the RPC's name
+  ("ModelInfer"), `body` the serialized request message exactly as the client sent it (with the model name
+  already rewritten when another model answers), `headers` the client's metadata worth passing on (values of
+  binary `-bin` keys as latin-1 strings, one character per byte), `timeout` the deadline of the backend call.
+  The answer's `status` is the backend's gRPC status code number (0 = OK), `body` the serialized response
+  message (empty unless OK), `details` the backend's status message, `headers` its initial metadata.
+  "I don't hold this model", transport failures and the deadline raise as for HTTP; a backend that has no
+  gRPC endpoint raises `BackendUnavailable` naming it. The backend's other gRPC errors are answers, not
+  exceptions: they pass through to the client with their code and details.
 - Every call has a deadline; no call blocks forever.
 """
 
@@ -35,10 +45,12 @@ class LoadRequest:
 class ForwardRequest:
     """A data-plane request, protocol-neutral enough for any adapter.
 
-    `protocol` is "kserve" (KServe v2 / Open Inference Protocol) or "tfserving" (TF Serving REST);
-    `op` is the operation after the model part of the path: "infer", "ready", "" (metadata), "config",
-    "stats" for KServe; "predict", "classify", "regress", "" (status), "metadata" for TF Serving.
-    `headers` are the ones worth passing on, lower-cased; `body` is never parsed.
+    `protocol` is "kserve" (KServe v2 / Open Inference Protocol) or "tfserving" (TF Serving REST) over HTTP,
+    or "kserve-grpc" (`inference.GRPCInferenceService`) over gRPC ("tfserving-grpc" when it lands).
+    For HTTP, `method` is the HTTP method and `op` the operation after the model part of the path: "infer",
+    "ready", "" (metadata), "config", "stats" for KServe; "predict", "classify", "regress", "" (status),
+    "metadata" for TF Serving. For gRPC, `method` is the full method path and `op` the RPC name (see the
+    module docstring). `headers` are the ones worth passing on, lower-cased; `body` is never parsed here.
     """
 
     protocol: str
@@ -53,9 +65,13 @@ class ForwardRequest:
 
 @dataclass(frozen=True, slots=True)
 class ForwardResponse:
+    """The backend's answer. HTTP: `status` is the HTTP status. gRPC: `status` is the gRPC status code number
+    (0 = OK), `details` the status message, `headers` the initial metadata."""
+
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    details: str = ""
 
 
 class RuntimeAdapter(Protocol):

@@ -19,7 +19,7 @@ def make_adapter(
 ) -> RuntimeAdapter:
     """`lists` is placement's view of what list-configured backends (TF Serving) should serve."""
     if kind == "triton":
-        return TritonAdapter(backend_id, url, load_timeout=load_timeout)
+        return TritonAdapter(backend_id, url, grpc_url=grpc_url, load_timeout=load_timeout)
     if kind == "tfserving":
         if grpc_url is None or lists is None:
             raise ValueError(f"a tfserving backend needs grpc_url and model lists (backend {backend_id})")

@@ -2,7 +2,8 @@
 
 The backend must run with `--model-control-mode=explicit`. Model control goes through the repository API
 (`POST /v2/repository/models/{m}/load|unload`, `POST /v2/repository/index`); inference and metadata are
-forwarded byte for byte over HTTP. See `adapters.base` for the contract.
+forwarded byte for byte over HTTP ("kserve") or, as raw messages, over gRPC to `grpc_url` ("kserve-grpc").
+See `adapters.base` for the contract.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from adapters.errors import (
     BackendUnloadError,
     ModelNotLoaded,
 )
+from adapters.grpc_forward import GrpcForwarder
 from adapters.http_forward import make_client, send_raw
 from adapters.upstream import UpstreamPool
 
@@ -37,18 +39,27 @@ _NOT_LOADED_MARKERS = (
     "not loaded",
     "unavailable model",
 )
+# gRPC status codes (numbers) under which Triton says it does not hold a model: NOT_FOUND "... is not found" /
+# "... has no available versions", UNAVAILABLE "... version 1 is not at ready state"; ModelStatistics answers
+# INVALID_ARGUMENT "requested model 'm' is not available" (TRITON_FACTS.md, section g).
+_GRPC_NOT_FOUND = 5
+_GRPC_UNAVAILABLE = 14
+_GRPC_INVALID_ARGUMENT = 3
+_GRPC_NOT_LOADED_CODES = frozenset({_GRPC_NOT_FOUND, _GRPC_UNAVAILABLE})
 # States of a model in the repository index that still hold the backend's memory.
 _HOLDING_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 
 
 class TritonAdapter:
-    """One Triton backend. `url` is its HTTP endpoint, e.g. http://127.0.0.1:8000."""
+    """One Triton backend. `url` is its HTTP endpoint, e.g. http://127.0.0.1:8000; `grpc_url` its gRPC one
+    ("host:port"), needed only to serve gRPC requests."""
 
     def __init__(
         self,
         backend_id: str,
         url: str,
         *,
+        grpc_url: str | None = None,
         load_timeout: float = 120.0,
         control_timeout: float = 30.0,
         client: httpx.AsyncClient | None = None,
@@ -64,10 +75,14 @@ class TritonAdapter:
         # client (tests' MockTransport) keep httpx.
         lean = client is None and self.url.startswith("http://")
         self._pool = UpstreamPool(backend_id, self.url) if lean else None
+        self.grpc_url = grpc_url
+        self._grpc = GrpcForwarder(backend_id, grpc_url) if grpc_url else None
 
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._grpc is not None:
+            await self._grpc.aclose()
         await self._client.aclose()
 
     async def _control(self, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
@@ -141,6 +156,8 @@ class TritonAdapter:
         return resp.status_code == 200
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        if request.protocol == "kserve-grpc":
+            return await self._forward_grpc(request)
         if request.protocol != "kserve":
             raise BackendError(
                 f"backend {self.backend_id} is a Triton server and speaks KServe v2, not {request.protocol}",
@@ -168,6 +185,32 @@ class TritonAdapter:
         if resp.status in (400, 404, 503) and _means_not_loaded(_body_error(resp.body)):
             raise ModelNotLoaded(
                 f"backend {self.backend_id} does not hold {request.model!r}: {_body_error(resp.body)}",
+                self.backend_id,
+            )
+        return resp
+
+    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+        if self._grpc is None:
+            raise BackendUnavailable(
+                f"backend {self.backend_id} has no gRPC endpoint: register it with a grpc_url "
+                f"(PUT /admin/backends/{self.backend_id}) to serve gRPC requests",
+                self.backend_id,
+            )
+        resp = await self._grpc.call(request.method, request.body, request.headers, request.timeout)
+        if resp.status == 0:
+            return resp
+        if (resp.status in _GRPC_NOT_LOADED_CODES and _means_not_loaded(resp.details)) or (
+            resp.status == _GRPC_INVALID_ARGUMENT
+            and request.op == "ModelStatistics"
+            and "is not available" in resp.details
+        ):
+            raise ModelNotLoaded(
+                f"backend {self.backend_id} does not hold {request.model!r}: {resp.details}", self.backend_id
+            )
+        if resp.status == _GRPC_UNAVAILABLE:
+            # Not a model answer: the connection failed, or the server is shutting down.
+            raise BackendUnavailable(
+                f"backend {self.backend_id} is unavailable over gRPC at {self.grpc_url}: {resp.details}",
                 self.backend_id,
             )
         return resp

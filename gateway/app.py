@@ -16,6 +16,7 @@ from adapters.base import RuntimeAdapter
 from adapters.factory import make_adapter
 from gateway.admin import build_admin_app
 from gateway.dataplane import DataPlane
+from gateway.grpc_dataplane import GrpcDataPlane
 from gateway.http_dataplane import HttpDataPlane, Receive, Scope, Send
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -51,6 +52,7 @@ class Gateway:
         self.placer.loader.events.on_eviction = self.metrics.eviction_idle.observe
         self.dataplane = DataPlane(self.placer, settings, self.metrics)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
+        self.grpc = GrpcDataPlane(self.dataplane, self.metrics)  # served by gateway.server on --grpc-port
         self.admin = build_admin_app(self.registry, self.dataplane, self.metrics, settings.admin_token)
         self._starting: asyncio.Task[None] | None = None
 

@@ -4,16 +4,22 @@ A call names a model (routes resolve to models here when traffic management land
 path is: local view -> backend -> forward, with no Redis round trip. A cold model waits for a coalesced
 load. A request that meets a model being unloaded (the backend says it does not hold it) is retried once
 through placement, unseen by the client. Bodies are bytes: never parsed here.
+
+A call may carry a deadline (gRPC clients send one): it bounds the whole call. The wait for a cold load
+ends at the deadline (or the load timeout, whichever comes first) while the load itself goes on for later
+requests, and the backend call gets only the time that is left. HTTP calls carry none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.base import ForwardRequest, ForwardResponse
-from adapters.errors import ModelNotLoaded
-from gateway.errors import BadRequest
+from adapters.errors import BackendTimeout, ModelNotLoaded
+from gateway.errors import BadRequest, DeadlineExceeded
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from placement.errors import UnknownModel
@@ -25,13 +31,19 @@ _RUNTIME_OF = {"kserve": "triton", "tfserving": "tfserving"}
 
 @dataclass(slots=True)
 class Call:
-    protocol: str  # "kserve" | "tfserving"
-    method: str
+    protocol: str  # "kserve" | "tfserving" (HTTP) | "kserve-grpc" (gRPC); see adapters.base.ForwardRequest
+    method: str  # HTTP method, or the full gRPC method path
     name: str  # as the client called it: a model (or, later, a route)
     version: str | None
     op: str
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # When the answer is due, on the event loop's clock (`loop.time()`); None: no deadline but the gateway's own.
+    deadline: float | None = None
+    # For protocols that name the model inside the body (gRPC): `rewrite(body, model)` is the body naming
+    # `model` instead, used when the model that answers is not the name called (routes). None: the adapter
+    # puts the model in the path (HTTP), so the body never changes.
+    rewrite: Callable[[bytes, str], bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -65,7 +77,7 @@ class DataPlane:
         backend = self.placer.warm_backend(model)
         cold = backend is None
         if backend is None:
-            backend = await self._cold(model)
+            backend = await self._cold(model, call.deadline)
         else:
             self._hit.inc()
         try:
@@ -76,7 +88,7 @@ class DataPlane:
             await self.placer.copy_missing(model, backend)
             retry = self.placer.warm_backend(model, exclude=(backend,))
             if retry is None:
-                retry = await self._cold(model)
+                retry = await self._cold(model, call.deadline)
                 cold = True
             backend = retry
             resp = await self._forward(call, model, backend)
@@ -93,29 +105,55 @@ class DataPlane:
         )
         raise BadRequest(f"model {model!r} runs on {spec.runtime}; call it with its own API: {how}")
 
-    async def _cold(self, model: str) -> str:
+    async def _cold(self, model: str, deadline: float | None) -> str:
         started = time.perf_counter()
         self._miss.inc()
         try:
-            return await self.placer.ensure(model)
+            if deadline is None:
+                return await self.placer.ensure(model)
+            # The load is shielded inside `ensure`: when the deadline ends this wait, the load goes on.
+            timeout = asyncio.timeout_at(deadline)
+            try:
+                async with timeout:
+                    return await self.placer.ensure(model)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                raise DeadlineExceeded(
+                    f"the client's deadline passed while model {model!r} was loading "
+                    f"(waited {time.perf_counter() - started:.3g} s); the load goes on, so a later request "
+                    "will find it sooner or ready: retry, or give the call a longer deadline"
+                ) from None
         finally:
             self.metrics.cold_wait.observe(time.perf_counter() - started)
 
     async def _forward(self, call: Call, model: str, backend: str) -> ForwardResponse:
+        timeout = self.settings.backend_timeout
+        if call.deadline is not None:
+            left = call.deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise DeadlineExceeded(f"the client's deadline passed before the request for {model!r} was sent")
+            if left < timeout:
+                return await self._forward_until_deadline(call, model, backend, left)
+        return await self._send(call, model, backend, timeout)
+
+    async def _forward_until_deadline(self, call: Call, model: str, backend: str, left: float) -> ForwardResponse:
+        try:
+            return await self._send(call, model, backend, left)
+        except BackendTimeout as exc:
+            raise DeadlineExceeded(
+                f"backend {backend} did not answer {model!r} within the client's deadline ({left:.3g} s were left)"
+            ) from exc
+
+    async def _send(self, call: Call, model: str, backend: str, timeout: float) -> ForwardResponse:
+        body = call.body
+        if call.rewrite is not None and model != call.name:
+            body = call.rewrite(body, model)
         usage = self.placer.usage
         usage.start(model, backend)
         try:
             return await self.placer.adapter(backend).forward(
-                ForwardRequest(
-                    call.protocol,
-                    call.method,
-                    model,
-                    call.version,
-                    call.op,
-                    call.body,
-                    call.headers,
-                    self.settings.backend_timeout,
-                )
+                ForwardRequest(call.protocol, call.method, model, call.version, call.op, body, call.headers, timeout)
             )
         finally:
             usage.finish(model, backend)

@@ -1,7 +1,9 @@
-"""The `modelyard serve` process: embedded Redis when none is given, the gateway, uvicorn, clean shutdown.
+"""The `modelyard serve` process: embedded Redis when none is given, the gateway, uvicorn and the gRPC server
+in one event loop, clean shutdown.
 
-On SIGTERM or SIGINT the listening socket closes, requests in flight finish (up to `shutdown_grace`),
-last-used times are flushed, and what the process started (the embedded Redis) is stopped.
+The gRPC port is bound first: when it is taken the process exits at once with a message saying so. On
+SIGTERM or SIGINT both listening sockets close, requests in flight on either finish (up to
+`shutdown_grace`), last-used times are flushed, and what the process started (the embedded Redis) is stopped.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import signal
 import threading
 from collections.abc import Generator
 
+import grpc.aio
 import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.app import Gateway
 from gateway.embedded_redis import RedisServer
+from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.settings import Settings
 
 log = logging.getLogger("modelyard")
@@ -77,6 +81,12 @@ def _run_loop(main: object) -> None:
 async def _serve(settings: Settings, redis_url: str) -> None:
     client = aioredis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
     gateway = Gateway(settings, client)
+    try:
+        grpc_server = build_server(gateway.grpc, settings)
+    except GrpcPortError as exc:
+        log.error("%s", exc)
+        await client.aclose()
+        raise SystemExit(f"modelyard: {exc}") from None
     config = uvicorn.Config(
         gateway,
         host=settings.host,
@@ -90,10 +100,23 @@ async def _serve(settings: Settings, redis_url: str) -> None:
         backlog=2048,
     )
     server = _Server(config)
+    await grpc_server.start()
+    grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
+    log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:
         await server.serve()
     finally:
+        if not server.should_exit:  # uvicorn ended on its own (it could not start): stop gRPC now
+            server.should_exit = True
+        await grpc_stopping
         await gateway.stop()
         log.info("gateway stopped")
+
+
+async def _stop_grpc_on_exit(server: uvicorn.Server, grpc_server: grpc.aio.Server, grace: float) -> None:
+    """Stop the gRPC server when uvicorn is asked to exit, so both drain their requests at the same time."""
+    while not server.should_exit:  # noqa: ASYNC110 (uvicorn's exit request is a flag it polls the same way)
+        await asyncio.sleep(0.1)
+    await grpc_server.stop(grace)

@@ -50,6 +50,11 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def grpc_url(self) -> str:
+        """`host:port` of the gRPC data plane, as `tritonclient.grpc` takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
+
     def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,378 @@
+"""The gRPC data plane: a table of services and a raw-bytes front end on `grpc.aio`.
+
+Thin on purpose, like the HTTP one: each RPC arrives as the bytes the client sent (no deserializer runs),
+the gateway reads only what routing needs (the model's name and version, top-level fields of the request
+message, see `adapters.protowire`), calls `DataPlane.call` (the same placement, cold loads, coalescing and
+retry as HTTP), and answers with the backend's response bytes as they are, plus the initial metadata
+`x-modelyard-model`, `x-modelyard-backend` and, when the request waited for a load, `x-modelyard-cold: 1`.
+
+The services are data (`SERVICES`): service name -> method name -> what to do with it:
+- `Forward`: place the model named in the request and forward the call (`ModelInfer`, `ModelMetadata`, ...);
+- `Readiness`: forward when a copy is loaded, else answer without loading whether the model could be served;
+- `Local`: answered by the gateway itself (`ServerLive`, `ServerReady`, `ServerMetadata`);
+- `Refuse`: not offered, with a message saying what to use instead.
+Each `Forward`/`Readiness` entry names its adapter `protocol`, how to read the model from the request bytes
+(`read`) and how to rewrite it (`rewrite`, for routes). TF Serving's services are added the same way, e.g.:
+
+    from adapters import tfserving_proto as tf
+    def _tf(message: str) -> Forward:
+        def read(raw: bytes) -> ModelRef:
+            spec = tf.read_model_spec(message, raw)  # SpecInfo(name, version, version_label, signature_name)
+            return ModelRef(spec.name, None if spec.version is None else str(spec.version))
+        return Forward("tfserving-grpc", read, lambda raw, name: tf.rewrite_model_name(message, raw, name))
+    SERVICES["tensorflow.serving.PredictionService"] = {
+        "Predict": _tf("PredictRequest"), "Classify": _tf("ClassificationRequest"),
+        "Regress": _tf("RegressionRequest"), "GetModelMetadata": _tf("GetModelMetadataRequest")}
+    SERVICES["tensorflow.serving.ModelService"] = {"GetModelStatus": Readiness(..., cold_answer=...)}
+
+Errors become statuses in one place, `gateway.errors.to_grpc`; a backend's own gRPC errors pass through with
+their code and details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from adapters.errors import ModelyardError
+from adapters.protowire import WireError, encode_bool, encode_string, replace_string, string_fields
+from gateway.dataplane import Answer, Call, DataPlane
+from gateway.errors import BadRequest, NotReady, NotSupported, grpc_status, to_grpc
+from gateway.http_dataplane import SERVER_METADATA
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+log = logging.getLogger("modelyard.grpc")
+
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+
+# Client metadata that stays at the gateway: transport and gRPC's own keys, credentials, modelyard's controls.
+# Everything else (traceparent, tracestate, x-request-id, triton-grpc-protocol-*, user metadata) goes on.
+DROP_METADATA = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "user-agent",
+        "content-type",
+        "te",
+        "host",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "transfer-encoding",
+    }
+)
+DROP_PREFIXES = (":", "grpc-", "x-modelyard-")
+# A client's deadline is answered a little before it passes, so that the client gets the gateway's
+# DEADLINE_EXCEEDED with its message rather than its own bare "Deadline Exceeded": 5% of it, at most 50 ms.
+DEADLINE_MARGIN_SHARE = 0.05
+DEADLINE_MARGIN_MAX = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """The model (or route) a request names, and the version it asks for (None: the backend's choice)."""
+
+    name: str
+    version: str | None
+
+
+Reader = Callable[[bytes], ModelRef]
+Rewriter = Callable[[bytes, str], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Place the model the request names and forward the call to the backend holding it."""
+
+    protocol: str
+    read: Reader
+    rewrite: Rewriter
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Forward when a copy is loaded; otherwise answer `cold_answer(servable)` without loading the model."""
+
+    protocol: str
+    read: Reader
+    rewrite: Rewriter
+    cold_answer: Callable[[bool], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Answered by the gateway itself: `answer(dataplane)` is the response message."""
+
+    answer: Callable[[DataPlane], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Not offered through the gateway: UNIMPLEMENTED with `message`."""
+
+    message: str
+    streaming: bool = False
+
+
+Method = Forward | Readiness | Local | Refuse
+
+
+# -- KServe v2 (inference.GRPCInferenceService) ---------------------------------------------------------------
+# ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ModelConfigRequest and ModelStatisticsRequest
+# all carry the model's name in field 1 and its version in field 2 (strings).
+
+
+def read_kserve_model(raw: bytes) -> ModelRef:
+    try:
+        found, _ = string_fields(raw, (1, 2))
+    except WireError as exc:
+        raise BadRequest(f"malformed request message: {exc}") from None
+    name = found.get(1, "")
+    if not name:
+        raise BadRequest("the request names no model: set its model name")
+    version = found.get(2) or None
+    if version is not None and not version.isdigit():
+        raise BadRequest(f"model version must be a positive integer, got {version!r}")
+    return ModelRef(name, version)
+
+
+def rewrite_kserve_model(raw: bytes, name: str) -> bytes:
+    return replace_string(raw, 1, name)
+
+
+def _server_metadata(_: DataPlane) -> bytes:
+    out = encode_string(1, str(SERVER_METADATA["name"])) + encode_string(2, str(SERVER_METADATA["version"]))
+    for ext in SERVER_METADATA["extensions"]:
+        out += encode_string(3, ext)
+    return out
+
+
+_KSERVE = Forward("kserve-grpc", read_kserve_model, rewrite_kserve_model)
+_REPOSITORY = (
+    "the model repository API is not exposed by the gateway: models are loaded on demand; "
+    "use the admin API (POST /admin/models/{name}/load, GET /admin/placement) instead"
+)
+_SHARED_MEMORY = (
+    "shared-memory regions can't be registered through the gateway (they live on one backend's host and "
+    "the gateway chooses the backend); send tensors in the request"
+)
+_OPERATOR = "not exposed by the gateway: set it on the backends themselves"
+
+SERVICES: dict[str, dict[str, Method]] = {
+    KSERVE_SERVICE: {
+        "ServerLive": Local(lambda dp: encode_bool(1, True)),
+        "ServerReady": Local(lambda dp: encode_bool(1, dp.ready)),
+        "ServerMetadata": Local(_server_metadata),
+        "ModelReady": Readiness("kserve-grpc", read_kserve_model, rewrite_kserve_model, lambda ok: encode_bool(1, ok)),
+        "ModelMetadata": _KSERVE,
+        "ModelInfer": _KSERVE,
+        "ModelConfig": _KSERVE,
+        "ModelStatistics": _KSERVE,
+        "ModelStreamInfer": Refuse(
+            "ModelStreamInfer (streaming) is not supported by the gateway yet; use ModelInfer", streaming=True
+        ),
+        "RepositoryIndex": Refuse(_REPOSITORY),
+        "RepositoryModelLoad": Refuse(_REPOSITORY),
+        "RepositoryModelUnload": Refuse(_REPOSITORY),
+        "SystemSharedMemoryStatus": Refuse(_SHARED_MEMORY),
+        "SystemSharedMemoryRegister": Refuse(_SHARED_MEMORY),
+        "SystemSharedMemoryUnregister": Refuse(_SHARED_MEMORY),
+        "CudaSharedMemoryStatus": Refuse(_SHARED_MEMORY),
+        "CudaSharedMemoryRegister": Refuse(_SHARED_MEMORY),
+        "CudaSharedMemoryUnregister": Refuse(_SHARED_MEMORY),
+        "TraceSetting": Refuse(f"TraceSetting is {_OPERATOR}"),
+        "LogSettings": Refuse(f"LogSettings is {_OPERATOR}"),
+    },
+}
+
+
+def forward_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> list[tuple[str, str]]:
+    """The client's metadata worth passing on; binary (`-bin`) values as latin-1 strings, one char per byte."""
+    out: list[tuple[str, str]] = []
+    for key, value in metadata or ():
+        k = key.lower()
+        if k in DROP_METADATA or k.startswith(DROP_PREFIXES):
+            continue
+        out.append((k, value.decode("latin-1") if isinstance(value, bytes) else value))
+    return out
+
+
+Handler = Callable[[bytes, Any], Awaitable[bytes]]
+
+
+class GrpcDataPlane:
+    """Builds one raw-bytes handler per method of `services`; see the module docstring."""
+
+    def __init__(
+        self, dataplane: DataPlane, metrics: Metrics, services: dict[str, dict[str, Method]] | None = None
+    ) -> None:
+        self.dp = dataplane
+        self.metrics = metrics
+        self.services = SERVICES if services is None else services
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
+
+    def _record(self, op: str, code: str, seconds: float) -> None:
+        counter = self._counted.get((op, code))
+        if counter is None:
+            counter = self._counted[(op, code)] = self.metrics.requests.labels("grpc", op, code)
+        counter.inc()
+        timer = self._timed.get(op)
+        if timer is None:
+            timer = self._timed[op] = self.metrics.latency.labels("grpc", op)
+        timer.observe(seconds)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        out = []
+        for service, methods in self.services.items():
+            table = {}
+            for name, method in methods.items():
+                if isinstance(method, Refuse) and method.streaming:
+                    table[name] = grpc.stream_stream_rpc_method_handler(self._refuse_stream(name, method))
+                else:
+                    table[name] = grpc.unary_unary_rpc_method_handler(self._handler(service, name, method))
+            out.append(grpc.method_handlers_generic_handler(service, table))
+        return out
+
+    def _handler(self, service: str, op: str, method: Method) -> Handler:
+        path = f"/{service}/{op}"
+
+        async def handle(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                try:
+                    if isinstance(method, Local):
+                        return method.answer(self.dp)
+                    if isinstance(method, Refuse):
+                        raise NotSupported(method.message)
+                    if not self.dp.ready:
+                        raise NotReady("the gateway has not reached Redis yet; try again in a moment")
+                    ref = method.read(body)
+                    if isinstance(method, Readiness):
+                        cold = await self._cold_readiness(method, ref, context)
+                        if cold is not None:
+                            return cold
+                    call = Call(
+                        method.protocol,
+                        path,
+                        ref.name,
+                        ref.version,
+                        op,
+                        body,
+                        forward_metadata(context.invocation_metadata()),
+                        deadline=_deadline(context),
+                        rewrite=method.rewrite,
+                    )
+                    answer = await self.dp.call(call)
+                except ModelyardError as exc:
+                    err = to_grpc(exc)
+                    code = err.code.name
+                    await context.abort(err.code, err.message, err.trailing_metadata())
+                except Exception as exc:  # a bug: the client gets INTERNAL with its name, the log the traceback
+                    log.exception("%s failed", path)
+                    err = to_grpc(exc)
+                    code = err.code.name
+                    await context.abort(err.code, err.message)
+                await context.send_initial_metadata(_answer_metadata(answer))
+                resp = answer.response
+                if resp.status != 0:
+                    status = grpc_status(resp.status)
+                    code = status.name
+                    await context.abort(status, resp.details)
+                return resp.body
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                self._record(op, code, time.perf_counter() - started)
+
+        return handle
+
+    async def _cold_readiness(
+        self, method: Readiness, ref: ModelRef, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes | None:
+        """None when a copy is loaded (the backend answers); else whether the model could be served."""
+        model = self.dp.resolve(ref.name)
+        if self.dp.placer.warm_backend(model) is not None:
+            return None
+        await context.send_initial_metadata((("x-modelyard-model", model),))
+        return method.cold_answer(self.dp.model_servable(model))
+
+    def _refuse_stream(self, op: str, method: Refuse) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
+        async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            self._record(op, "UNIMPLEMENTED", 0.0)
+            err = to_grpc(NotSupported(method.message))
+            await context.abort(err.code, err.message)
+            yield b""  # never reached: makes this an async generator, as grpc wants for stream handlers
+
+        return handle
+
+
+def _deadline(context: grpc.aio.ServicerContext[bytes, bytes]) -> float | None:
+    left: float | None = context.time_remaining()
+    if left is None:
+        return None
+    margin = min(DEADLINE_MARGIN_MAX, left * DEADLINE_MARGIN_SHARE)
+    return asyncio.get_running_loop().time() + left - margin
+
+
+def _answer_metadata(answer: Answer) -> tuple[tuple[str, str], ...]:
+    md = [*answer.response.headers, ("x-modelyard-model", answer.model), ("x-modelyard-backend", answer.backend)]
+    if answer.cold:
+        md.append(("x-modelyard-cold", "1"))
+    if answer.hedged:
+        md.append(("x-modelyard-hedged", "1"))
+    return tuple(md)
+
+
+class GrpcPortError(RuntimeError):
+    """The gRPC port could not be bound."""
+
+
+def build_server(grpc_dp: GrpcDataPlane, settings: Settings) -> grpc.aio.Server:
+    """A grpc.aio server with the data plane's handlers, bound to `--host`/`--grpc-port` (not started yet).
+
+    Messages over `--max-body-bytes` are refused by grpc itself with RESOURCE_EXHAUSTED ("Received message
+    larger than max (N vs. LIMIT)") before any handler runs. SO_REUSEPORT is off, so a port already in use
+    fails here instead of being shared with another process.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+        ]
+    )
+    server.add_generic_rpc_handlers(tuple(grpc_dp.handlers()))
+    host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
+    address = f"{host}:{settings.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        why = _bind_problem(settings.host, settings.grpc_port)
+        raise GrpcPortError(f"cannot listen for gRPC on {address} (--grpc-port): {why}")
+    return server
+
+
+def _bind_problem(host: str, port: int) -> str:
+    """Why binding failed, in the OS's words (grpc only says that it failed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "grpc could not bind it"
