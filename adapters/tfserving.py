@@ -13,6 +13,8 @@ send lists at once and no list can drop a model another gateway just loaded:
   poll until no version of m is START/LOADING/AVAILABLE/UNLOADING, so the memory is free when it returns.
 - `loaded()`: models of the wanted and last-sent lists that TF Serving reports in a state holding memory.
 - `healthy()`: `GetModelStatus` of a name nobody registers answers NOT_FOUND when the server is up.
+- `forward()`: the REST API byte for byte ("tfserving"), or a raw `PredictionService`/`ModelService` message
+  over gRPC ("tfserving-grpc"); "Servable not found" for a model with no available version means "not here".
 
 TF Serving answers a reload only after the NEW models of the list are available (or failed), so a reload can
 take as long as a load; every call has a deadline. Version policy: the latest version under the base path
@@ -42,6 +44,7 @@ from adapters.errors import (
     BackendUnavailable,
     ModelNotLoaded,
 )
+from adapters.grpc_forward import GrpcForwarder
 from adapters.http_forward import make_client, send_raw
 from adapters.tfserving_proto.messages import (
     MODEL_SERVICE,
@@ -110,8 +113,10 @@ class TFServingAdapter:
         self._pool = UpstreamPool(backend_id, self.url) if lean else None
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Unary] = {}
+        self._grpc = GrpcForwarder(backend_id, grpc_url)  # the data plane's gRPC calls
 
     async def aclose(self) -> None:
+        await self._grpc.aclose()
         if self._pool is not None:
             self._pool.close()
         await self._client.aclose()
@@ -254,6 +259,8 @@ class TFServingAdapter:
         return True
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        if request.protocol == "tfserving-grpc":
+            return await self._forward_grpc(request)
         if request.protocol != "tfserving":
             raise BackendError(
                 f"backend {self.backend_id} is a TF Serving server and speaks the TF Serving API, "
@@ -285,6 +292,25 @@ class TFServingAdapter:
                 raise ModelNotLoaded(
                     f"backend {self.backend_id} does not hold {request.model!r}: {text}", self.backend_id
                 )
+        return resp
+
+    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+        resp = await self._grpc.call(request.method, request.body, request.headers, request.timeout)
+        if resp.status == 0:
+            return resp
+        if (
+            resp.status == grpc.StatusCode.NOT_FOUND.value[0]
+            and any(m in resp.details.lower() for m in _NOT_LOADED_MARKERS)
+            and not await self._serves(request.model)
+        ):
+            raise ModelNotLoaded(
+                f"backend {self.backend_id} does not hold {request.model!r}: {resp.details}", self.backend_id
+            )
+        if resp.status == grpc.StatusCode.UNAVAILABLE.value[0]:
+            raise BackendUnavailable(
+                f"backend {self.backend_id} is unavailable over gRPC at {self.grpc_url}: {resp.details}",
+                self.backend_id,
+            )
         return resp
 
     async def _serves(self, name: str) -> bool:

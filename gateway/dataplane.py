@@ -26,7 +26,13 @@ from placement.errors import UnknownModel
 from placement.placer import Placer
 
 # Which runtime's models a protocol can call.
-_RUNTIME_OF = {"kserve": "triton", "tfserving": "tfserving"}
+_RUNTIME_OF = {"kserve": "triton", "kserve-grpc": "triton", "tfserving": "tfserving", "tfserving-grpc": "tfserving"}
+_HOW = {
+    ("triton", False): "POST /v2/models/{m}/infer (KServe v2 over HTTP)",
+    ("triton", True): "inference.GRPCInferenceService/ModelInfer (KServe v2 over gRPC)",
+    ("tfserving", False): "POST /v1/models/{m}:predict (TF Serving REST)",
+    ("tfserving", True): "tensorflow.serving.PredictionService/Predict (TF Serving gRPC)",
+}
 
 
 @dataclass(slots=True)
@@ -98,11 +104,7 @@ class DataPlane:
         spec = self.placer.model(model)
         if spec is None or _RUNTIME_OF.get(call.protocol, spec.runtime) == spec.runtime:
             return
-        how = (
-            f"POST /v2/models/{model}/infer (KServe v2)"
-            if spec.runtime == "triton"
-            else f"POST /v1/models/{model}:predict (TF Serving REST)"
-        )
+        how = _HOW.get((spec.runtime, call.protocol.endswith("-grpc")), "its own API").format(m=model)
         raise BadRequest(f"model {model!r} runs on {spec.runtime}; call it with its own API: {how}")
 
     async def _cold(self, model: str, deadline: float | None) -> str:

@@ -12,18 +12,9 @@ The services are data (`SERVICES`): service name -> method name -> what to do wi
 - `Local`: answered by the gateway itself (`ServerLive`, `ServerReady`, `ServerMetadata`);
 - `Refuse`: not offered, with a message saying what to use instead.
 Each `Forward`/`Readiness` entry names its adapter `protocol`, how to read the model from the request bytes
-(`read`) and how to rewrite it (`rewrite`, for routes). TF Serving's services are added the same way, e.g.:
-
-    from adapters import tfserving_proto as tf
-    def _tf(message: str) -> Forward:
-        def read(raw: bytes) -> ModelRef:
-            spec = tf.read_model_spec(message, raw)  # SpecInfo(name, version, version_label, signature_name)
-            return ModelRef(spec.name, None if spec.version is None else str(spec.version))
-        return Forward("tfserving-grpc", read, lambda raw, name: tf.rewrite_model_name(message, raw, name))
-    SERVICES["tensorflow.serving.PredictionService"] = {
-        "Predict": _tf("PredictRequest"), "Classify": _tf("ClassificationRequest"),
-        "Regress": _tf("RegressionRequest"), "GetModelMetadata": _tf("GetModelMetadataRequest")}
-    SERVICES["tensorflow.serving.ModelService"] = {"GetModelStatus": Readiness(..., cold_answer=...)}
+(`read`) and how to rewrite it (`rewrite`, for routes). TF Serving's services (`PredictionService` and
+`ModelService/GetModelStatus`) read the `model_spec` with modelyard's own TF Serving messages
+(`adapters.tfserving_proto.messages`): no TensorFlow in the gateway.
 
 Errors become statuses in one place, `gateway.errors.to_grpc`; a backend's own gRPC errors pass through with
 their code and details.
@@ -44,6 +35,7 @@ import grpc.aio
 
 from adapters.errors import ModelyardError
 from adapters.protowire import WireError, encode_bool, encode_string, replace_string, string_fields
+from adapters.tfserving_proto.messages import MODEL_SERVICE, PREDICTION_SERVICE, read_model_spec, rewrite_model_name
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, NotReady, NotSupported, grpc_status, to_grpc
 from gateway.http_dataplane import SERVER_METADATA
@@ -193,6 +185,44 @@ SERVICES: dict[str, dict[str, Method]] = {
         "TraceSetting": Refuse(f"TraceSetting is {_OPERATOR}"),
         "LogSettings": Refuse(f"LogSettings is {_OPERATOR}"),
     },
+}
+
+
+# -- TF Serving (tensorflow.serving.PredictionService, tensorflow.serving.ModelService) ----------------------
+def _tfserving(message: str) -> Forward:
+    """Forwarding of a TF Serving request whose `model_spec` names the model."""
+
+    def read(raw: bytes) -> ModelRef:
+        try:
+            spec = read_model_spec(message, raw)
+        except ValueError as exc:
+            raise BadRequest(f"malformed {message}: {exc}") from None
+        if not spec.name:
+            raise BadRequest(f"the {message} names no model: set model_spec.name")
+        if spec.version_label:
+            raise BadRequest(
+                f"version labels are not supported through modelyard (model_spec.version_label "
+                f"{spec.version_label!r}); set model_spec.version or leave it out"
+            )
+        return ModelRef(spec.name, None if spec.version is None else str(spec.version))
+
+    return Forward("tfserving-grpc", read, lambda raw, name: rewrite_model_name(message, raw, name))
+
+
+SERVICES[PREDICTION_SERVICE] = {
+    "Predict": _tfserving("PredictRequest"),
+    "Classify": _tfserving("ClassificationRequest"),
+    "Regress": _tfserving("RegressionRequest"),
+    "MultiInference": _tfserving("MultiInferenceRequest"),
+    "GetModelMetadata": _tfserving("GetModelMetadataRequest"),
+}
+SERVICES[MODEL_SERVICE] = {
+    # Status of a cold model loads it, as metadata does: TF Serving reports versions only of a loaded model.
+    "GetModelStatus": _tfserving("GetModelStatusRequest"),
+    "HandleReloadConfigRequest": Refuse(
+        "model control is modelyard's: register models with PUT /admin/models/{name}; the gateway sends each "
+        "TF Serving backend its model list itself"
+    ),
 }
 
 

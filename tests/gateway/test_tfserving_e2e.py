@@ -382,3 +382,86 @@ def test_probe_script_would_see_tensorflow(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code, str(report)], check=True, timeout=300)
     assert "tensorflow" in json.loads(report.read_text())["tensorflow_modules"]
+
+
+def test_stock_tfserving_grpc_clients_work_unchanged_through_the_gateway(
+    stack: LocalStack, start_gateway: StartGateway, tfs: list[TFServingEmulator], tfs_root: Path
+) -> None:
+    # The official client side, as users have it (this imports TensorFlow, in the test process only).
+    import tensorflow as tf
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        input_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+        regression_pb2,
+    )
+
+    gw = start_gateway()
+    with stack.admin(gw) as admin:
+        register_tfs(admin, tfs, tfs_root, ["t06"])
+    offset = default_offset(6)
+    with grpc.insecure_channel(gw.grpc_url) as channel:
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "t06"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0, 2.0, 3.0, 4.0]], dtype=tf.float32))
+        response, call = predictions.Predict.with_call(request, timeout=120)
+        assert tf.make_ndarray(response.outputs["y"]).tolist() == [[1 + offset, 2 + offset, 3 + offset, 4 + offset]]
+        assert tf.make_ndarray(response.outputs["model"]).tolist() == [b"t06"]
+        meta = dict(call.initial_metadata())
+        assert meta["x-modelyard-model"] == "t06" and meta["x-modelyard-cold"] == "1"
+        assert meta["x-modelyard-backend"].startswith("tfs-")
+        # Warm now, and with a version.
+        request.model_spec.version.value = 1
+        response, call = predictions.Predict.with_call(request, timeout=30)
+        assert tf.make_ndarray(response.outputs["model"]).tolist() == [b"t06"]
+        assert "x-modelyard-cold" not in dict(call.initial_metadata())
+
+        status = models.GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "t06"}), timeout=30
+        )
+        assert [(v.version, v.state) for v in status.model_version_status] == [(1, 30)]  # AVAILABLE
+        meta_req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "t06"})
+        meta_req.metadata_field.append("signature_def")
+        assert "serving_default" in str(predictions.GetModelMetadata(meta_req, timeout=30))
+
+        example = input_pb2.Input()
+        ex = example.example_list.examples.add()
+        ex.features.feature["x"].float_list.value.extend([1.0, 2.0, 3.0, 4.0])
+        reg = predictions.Regress(
+            regression_pb2.RegressionRequest(
+                model_spec={"name": "t06", "signature_name": "tensorflow/serving/regress"}, input=example
+            ),
+            timeout=30,
+        )
+        assert reg.result.regressions[0].value == pytest.approx(10.0 + offset)
+        cls = predictions.Classify(
+            classification_pb2.ClassificationRequest(
+                model_spec={"name": "t06", "signature_name": "tensorflow/serving/classify"}, input=example
+            ),
+            timeout=30,
+        )
+        assert len(cls.result.classifications[0].classes) == 4
+
+        unknown = predict_pb2.PredictRequest()
+        unknown.CopyFrom(request)
+        unknown.model_spec.name = "never-registered"
+        with pytest.raises(grpc.RpcError) as err:
+            predictions.Predict(unknown, timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "never-registered" in err.value.details()
+        label = predict_pb2.PredictRequest()
+        label.CopyFrom(request)
+        label.model_spec.version_label = "stable"
+        with pytest.raises(grpc.RpcError) as err:
+            predictions.Predict(label, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "/admin/models" in err.value.details()
