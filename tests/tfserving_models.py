@@ -153,8 +153,13 @@ def build_broken_model(root: Path, name: str, kind: str = "corrupt") -> Path:
     return base
 
 
-def model_config_text(models: dict[str, Path], versions: dict[str, list[int]] | None = None) -> str:
-    """TF Serving's text-format ModelServerConfig serving `models` (name -> base path), optionally specific versions."""
+def model_config_text(
+    models: dict[str, Path],
+    versions: dict[str, list[int]] | None = None,
+    labels: dict[str, dict[str, int]] | None = None,
+) -> str:
+    """TF Serving's text-format ModelServerConfig serving `models` (name -> base path); optionally `specific`
+    version policies (name -> versions) and version labels (name -> label -> version)."""
     lines = ["model_config_list {"]
     for name, base in models.items():
         lines += ["  config {", f'    name: "{name}"', f'    base_path: "{Path(base).resolve()}"']
@@ -162,6 +167,8 @@ def model_config_text(models: dict[str, Path], versions: dict[str, list[int]] | 
         if versions and name in versions:
             specific = " ".join(f"versions: {v}" for v in versions[name])
             lines.append(f"    model_version_policy {{ specific {{ {specific} }} }}")
+        for label, version in (labels or {}).get(name, {}).items():
+            lines.append(f'    version_labels {{ key: "{label}" value: {version} }}')
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
