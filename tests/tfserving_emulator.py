@@ -101,6 +101,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
@@ -123,6 +124,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
 log = logging.getLogger("tfserving_emulator")
+Array = npt.NDArray[Any]
 
 # --- status codes (tensorflow/core/protobuf/error_codes.proto == grpc codes) ---------------------------------------
 
@@ -1056,8 +1058,8 @@ class ServerCore:
 def _add_version_status(response: get_model_status_pb2.GetModelStatusResponse, state: ServableState) -> None:
     status = response.model_version_status.add()
     status.version = state.version
-    status.state = STATE_PROTO[state.state]  # type: ignore[assignment]
-    status.status.error_code = state.health.code if state.health else OK  # type: ignore[assignment]
+    status.state = STATE_PROTO[state.state]
+    status.status.error_code = state.health.code if state.health else OK
     if state.health:
         status.status.error_message = state.health.message
 
@@ -1083,20 +1085,20 @@ DTYPE_STRINGS = {
 
 
 def dtype_string(dtype: int) -> str:
-    return DTYPE_STRINGS.get(dtype, types_pb2.DataType.Name(dtype)[3:].lower())  # type: ignore[arg-type]
+    return str(DTYPE_STRINGS.get(dtype, types_pb2.DataType.Name(dtype)[3:].lower()))
 
 
-def _array_dtype_enum(array: np.ndarray) -> int:
+def _array_dtype_enum(array: Array) -> int:
     if array.dtype == object or array.dtype.kind in ("S", "U"):
-        return types_pb2.DT_STRING
+        return int(types_pb2.DT_STRING)
     return int(tf.as_dtype(array.dtype).as_datatype_enum)
 
 
-def ndarray_to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+def ndarray_to_tensor_proto(array: Array) -> tensor_pb2.TensorProto:
     """Tensor::AsProtoField: values in the typed repeated fields, not tensor_content."""
     proto = tensor_pb2.TensorProto()
     dtype = _array_dtype_enum(array)
-    proto.dtype = dtype  # type: ignore[assignment]
+    proto.dtype = dtype
     for size in array.shape:
         proto.tensor_shape.dim.add().size = int(size)
     flat = array.ravel()
@@ -1127,7 +1129,7 @@ def _tf_error(e: Exception) -> TFError:
     return TFError(INVALID_ARGUMENT, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
-def _run_signature(model: LoadedModel, signature_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _run_signature(model: LoadedModel, signature_name: str, feeds: dict[str, Array]) -> dict[str, Array]:
     signature = model.signature_defs[signature_name]
     for index, (alias, array) in enumerate(feeds.items()):
         expected = signature.inputs[alias].dtype
@@ -1152,8 +1154,8 @@ def _run_signature(model: LoadedModel, signature_name: str, feeds: dict[str, np.
 
 
 def predict(
-    core: ServerCore, request: predict_pb2.PredictRequest, inputs: dict[str, np.ndarray] | None = None
-) -> tuple[predict_pb2.PredictResponse, dict[str, np.ndarray]]:
+    core: ServerCore, request: predict_pb2.PredictRequest, inputs: dict[str, Array] | None = None
+) -> tuple[predict_pb2.PredictResponse, dict[str, Array]]:
     """TensorflowPredictor::Predict. `inputs` (from REST) replaces decoding request.inputs."""
     if not request.HasField("model_spec"):
         raise TFError(INVALID_ARGUMENT, "Missing ModelSpec")
@@ -1185,7 +1187,7 @@ def predict(
             f"Sent extra: {{{','.join(sorted(request_keys - signature_keys))}}}. "
             f"Missing but required: {{{','.join(sorted(signature_keys - request_keys))}}}.",
         )
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, Array] = {}
     for alias in sorted(request_keys):
         if alias not in signature_keys:
             raise TFError(
@@ -1220,7 +1222,7 @@ def predict(
     return response, selected
 
 
-def _serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
+def _serialized_examples(request_input: input_pb2.Input) -> Array:
     kind = request_input.WhichOneof("kind")
     if kind == "example_list":
         serialized = [e.SerializeToString() for e in request_input.example_list.examples]
@@ -1279,7 +1281,7 @@ def classify(
             )
         got = _array_dtype_enum(tensor)
         if got != expected:
-            expected_name, got_name = types_pb2.DataType.Name(expected), types_pb2.DataType.Name(got)  # type: ignore[arg-type]
+            expected_name, got_name = types_pb2.DataType.Name(expected), types_pb2.DataType.Name(got)
             raise TFError(INVALID_ARGUMENT, f"Expected {label} Tensor of {expected_name}. Got: {got_name}")
         if tensor.shape[0] != num:
             raise TFError(INVALID_ARGUMENT, f"Expected {label} output batch size of {num}. Got: {tensor.shape[0]}")
@@ -1330,7 +1332,7 @@ def regress(core: ServerCore, request: regression_pb2.RegressionRequest) -> regr
             INVALID_ARGUMENT, f"Input batch size did not match output batch size: {num} vs. {output.shape[0]}"
         )
     if output.dtype != np.float32:
-        got = types_pb2.DataType.Name(_array_dtype_enum(output))  # type: ignore[arg-type]
+        got = types_pb2.DataType.Name(_array_dtype_enum(output))
         raise TFError(INVALID_ARGUMENT, f"Expected output Tensor of DT_FLOAT.  Got: {got}")
     response = regression_pb2.RegressionResponse()
     response.model_spec.name = request.model_spec.name
@@ -1457,7 +1459,7 @@ def _is_lossless(value: Any, digits: int, max_value: float) -> bool:
     if isinstance(value, float) and not math.isfinite(value):
         return True
     if _is_int(value):
-        return abs(value) <= (1 << digits) - 1
+        return bool(abs(value) <= (1 << digits) - 1)
     return -max_value <= float(value) <= max_value
 
 
@@ -1564,16 +1566,16 @@ def _fill(value: Any, level: int, dtype: int, shape: list[int], out: list[Any]) 
         _fill(item, level + 1, dtype, shape, out)
 
 
-def _to_array(values: list[Any], shape: list[int], dtype: int) -> np.ndarray:
+def _to_array(values: list[Any], shape: list[int], dtype: int) -> Array:
     if dtype == types_pb2.DT_STRING:
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return array.reshape(shape)
-    np_dtype = tf.as_dtype(dtype).as_numpy_dtype  # type: ignore[arg-type]
+    np_dtype = tf.as_dtype(dtype).as_numpy_dtype
     return np.array(values, dtype=np_dtype).reshape(shape)
 
 
-def _tensor_from_json(value: Any, dtype: int) -> np.ndarray:
+def _tensor_from_json(value: Any, dtype: int) -> Array:
     shape = _dense_shape(value)
     out: list[Any] = []
     _fill(value, 0, dtype, shape, out)
@@ -1607,7 +1609,7 @@ def _signature_name_from_json(doc: dict[str, Any]) -> str:
     return ""
 
 
-def inputs_from_json(doc: dict[str, Any], tensorinfo: dict[str, int]) -> tuple[str, dict[str, np.ndarray]]:
+def inputs_from_json(doc: dict[str, Any], tensorinfo: dict[str, int]) -> tuple[str, dict[str, Array]]:
     """FillPredictRequestFromJson after the signature lookup: ('row'|'columnar', name -> array)."""
     if "instances" in doc:
         if "inputs" in doc:
@@ -1630,7 +1632,7 @@ def inputs_from_json(doc: dict[str, Any], tensorinfo: dict[str, int]) -> tuple[s
     raise TFError(INVALID_ARGUMENT, "Missing 'inputs' or 'instances' key")
 
 
-def _inputs_from_instances(instances: list[Any], tensorinfo: dict[str, int]) -> dict[str, np.ndarray]:
+def _inputs_from_instances(instances: list[Any], tensorinfo: dict[str, int]) -> dict[str, Array]:
     if not isinstance(instances[0], dict) and len(tensorinfo) > 1:
         raise TFError(
             INVALID_ARGUMENT,
@@ -1692,7 +1694,7 @@ def _inputs_from_instances(instances: list[Any], tensorinfo: dict[str, int]) -> 
     return {name: _to_array(values[name], [len(instances), *shapes[name]], tensorinfo[name]) for name in sorted(values)}
 
 
-def _inputs_from_columns(value: Any, tensorinfo: dict[str, int]) -> dict[str, np.ndarray]:
+def _inputs_from_columns(value: Any, tensorinfo: dict[str, int]) -> dict[str, Array]:
     if not isinstance(value, dict) or _is_base64_object(value):
         if len(tensorinfo) > 1:
             raise TFError(
@@ -1702,7 +1704,7 @@ def _inputs_from_columns(value: Any, tensorinfo: dict[str, int]) -> dict[str, np
             )
         name = sorted(tensorinfo)[0]
         return {name: _tensor_from_json(value, tensorinfo[name])}
-    result: dict[str, np.ndarray] = {}
+    result: dict[str, Array] = {}
     for name in sorted(tensorinfo):
         if name not in value:
             raise TFError(INVALID_ARGUMENT, f"Missing named input: {name} in 'inputs' object.")
@@ -1710,7 +1712,7 @@ def _inputs_from_columns(value: Any, tensorinfo: dict[str, int]) -> dict[str, np
     return result
 
 
-def _json_scalar(array: np.ndarray, index: int, as_bytes: bool) -> Any:
+def _json_scalar(array: Array, index: int, as_bytes: bool) -> Any:
     value = array.flat[index]
     if array.dtype == object or array.dtype.kind in ("S", "U"):
         raw = value if isinstance(value, bytes) else str(value).encode()
@@ -1724,7 +1726,7 @@ def _json_scalar(array: np.ndarray, index: int, as_bytes: bool) -> Any:
     return int(value)
 
 
-def _json_tensor_values(array: np.ndarray, as_bytes: bool, dim: int, offset: list[int]) -> Any:
+def _json_tensor_values(array: Array, as_bytes: bool, dim: int, offset: list[int]) -> Any:
     """AddTensorValues: nested lists from dimension `dim` on, advancing `offset`."""
     if dim > array.ndim - 1:
         value = _json_scalar(array, offset[0], as_bytes)
@@ -1733,7 +1735,7 @@ def _json_tensor_values(array: np.ndarray, as_bytes: bool, dim: int, offset: lis
     return [_json_tensor_values(array, as_bytes, dim + 1, offset) for _ in range(array.shape[dim])]
 
 
-def json_from_outputs(outputs: dict[str, np.ndarray], fmt: str) -> str:
+def json_from_outputs(outputs: dict[str, Array], fmt: str) -> str:
     if not outputs:
         raise TFError(INVALID_ARGUMENT, "Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
@@ -1879,7 +1881,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
                 "currently supported",
             )
         response = model_management_pb2.ReloadConfigResponse()
-        response.status.error_code = error.code if error else OK  # type: ignore[assignment]
+        response.status.error_code = error.code if error else OK
         if error is not None:
             log.error("ReloadConfig failed: %s", error.message)
             response.status.error_message = error.message
@@ -2030,7 +2032,7 @@ class RestApi:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.CopyFrom(_model_spec(name, version, label))
         response = self.core.get_model_status(request)
-        return json_format.MessageToJson(response, always_print_fields_with_no_presence=True, indent=1)
+        return str(json_format.MessageToJson(response, always_print_fields_with_no_presence=True, indent=1))
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> str:
         if not name:
@@ -2043,8 +2045,10 @@ class RestApi:
         response.metadata["signature_def"].Unpack(signature_map)
 
         def to_json(message: Any) -> str:
-            return json_format.MessageToJson(
-                message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True, indent=1
+            return str(
+                json_format.MessageToJson(
+                    message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True, indent=1
+                )
             )
 
         return (

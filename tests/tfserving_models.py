@@ -1,8 +1,8 @@
 """Tiny real SavedModels for the TF Serving emulator (and a real TF Serving, were one ever at hand).
 
 Every model is a copy of ONE template SavedModel (TF2, built once per machine and cached under the temp dir,
-keyed by a hash of this file and the TensorFlow version). The template reads its identity, a model name and an
-offset, from an asset file (`assets/identity.tsv`, two tab-separated lines `name\\t<name>` and
+keyed by a hash of its builder's source and the TensorFlow version). The template reads its identity, a model
+name and an offset, from an asset file (`assets/identity.tsv`, two tab-separated lines `name\\t<name>` and
 `offset\\t<float>`) into a lookup table when the SavedModel is loaded; copying the folder and rewriting that asset
 makes a new model in milliseconds, so 40 models take well under a second once the template exists. Building the
 template imports TensorFlow in a subprocess (~10 s, once), so the process calling these helpers never imports it.
@@ -24,6 +24,7 @@ so an answer shows which model answered twice over: its `model` string and its o
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -52,7 +53,8 @@ def _tensorflow_version() -> str:
 
 def _template_dir() -> Path:
     digest = hashlib.sha256()
-    digest.update(Path(__file__).read_bytes())
+    digest.update(inspect.getsource(_build_template).encode())  # the builder only: editing helpers keeps the cache
+    digest.update(IDENTITY_ASSET.encode())
     digest.update(_tensorflow_version().encode())
     digest.update(TEMPLATE_VERSION.encode())
     return Path(tempfile.gettempdir()) / f"modelyard-tfs-template-{digest.hexdigest()[:16]}"
@@ -206,7 +208,7 @@ def _build_template(export_dir: Path) -> None:
             offset = tf.strings.to_number(self.table.lookup(tf.constant("offset")), out_type=tf.float32)
             return name, offset
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])  # type: ignore[untyped-decorator]
         def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
             name, offset = self._identity()
             return {"y": x + offset, "model": tf.fill(tf.shape(x)[:1], name)}
@@ -214,7 +216,7 @@ def _build_template(export_dir: Path) -> None:
         def _parse(self, inputs: tf.Tensor) -> tf.Tensor:
             return tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([4], tf.float32)})["x"]
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])  # type: ignore[untyped-decorator]
         def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
             name, offset = self._identity()
             x = self._parse(inputs)
@@ -222,7 +224,7 @@ def _build_template(export_dir: Path) -> None:
             classes = tf.tile(tf.expand_dims(labels, 0), tf.stack([tf.shape(x)[0], 1]))
             return {"scores": x + offset, "classes": classes}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])  # type: ignore[untyped-decorator]
         def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
             _, offset = self._identity()
             return {"outputs": tf.reduce_sum(self._parse(inputs), axis=1) + offset}
