@@ -1,10 +1,13 @@
 """Start and stop the TF Serving emulator (`tests/tfserving_emulator.py`) as a child process, for tests.
 
-    with TFServingEmulator(tmp_path) as tfs:
+    with TFServingEmulator(tmp_path) as tfs:          # tmp_path: where the models live (tfs.model_root)
+        build_models(tfs.model_root, ["a", "b"])      # tests/tfserving_models.py
         ... tfs.grpc_url  (127.0.0.1:PORT, for grpc channels)
         ... tfs.rest_url  (http://127.0.0.1:PORT)
 
 This module does not import TensorFlow (the emulator process does): the readiness probe speaks raw gRPC bytes.
+The child gets SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG is per thread): start it from a
+thread that outlives it, e.g. the main thread of a test session, not from a short-lived worker thread.
 
 Defaults differ from TF Serving's where TF Serving's would make tests slow, keeping its proportions:
 - the file system is polled every 0.2 s (TF Serving: 1 s) and the manager makes a pass every 0.02 s (TF Serving:
@@ -47,7 +50,7 @@ class TFServingEmulator:
 
     def __init__(
         self,
-        workdir: Path,
+        model_root: Path,
         *,
         load_delay: float = 0.0,
         unload_delay: float = 0.0,
@@ -58,9 +61,13 @@ class TFServingEmulator:
         max_num_load_retries: int = 0,
         load_retry_interval: float = 1.0,
         extra_args: list[str] | None = None,
+        workdir: Path | None = None,
     ) -> None:
-        """`workdir` holds the initial config, the load log and the emulator's output (stdout and stderr)."""
-        self.workdir = Path(workdir)
+        """`model_root`: the folder the models are built in (created if missing; nothing reads it but the configs
+        you send). `workdir` (default `model_root/.tfserving-emulator`) holds the initial config, the load log and
+        the emulator's output (stdout and stderr)."""
+        self.model_root = Path(model_root)
+        self.workdir = Path(workdir) if workdir is not None else self.model_root / ".tfserving-emulator"
         self.load_delay = load_delay
         self.unload_delay = unload_delay
         self.max_models = max_models
@@ -125,6 +132,7 @@ class TFServingEmulator:
 
     def start(self, timeout: float = 120.0) -> TFServingEmulator:
         """Start on free ports and wait until the gRPC ModelService answers; raises with the output tail if not."""
+        self.model_root.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self.grpc_port, self.rest_port = free_port(), free_port()

@@ -44,13 +44,13 @@ State = get_model_status_pb2.ModelVersionStatus
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TFServingEmulator]:
-    with TFServingEmulator(tmp_path_factory.mktemp("tfs-emulator")) as tfs:
+    with TFServingEmulator(tmp_path_factory.mktemp("tfs-models")) as tfs:
         yield tfs
 
 
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tfs-models")
+def models_root(emulator: TFServingEmulator) -> Path:
+    return emulator.model_root
 
 
 @pytest.fixture(scope="module")
@@ -508,9 +508,9 @@ def test_reloads_are_serialized_and_a_missing_base_path_blocks_until_it_appears(
 
 
 def test_initial_config_max_models_and_sigterm(tmp_path: Path) -> None:
-    models = build_models(tmp_path / "models", ["cap_a", "cap_b", "cap_c"])
+    models = build_models(tmp_path, ["cap_a", "cap_b", "cap_c"])
     tfs = TFServingEmulator(
-        tmp_path / "run",
+        tmp_path,
         initial_config=model_config_text({"cap_a": models["cap_a"]}),
         max_models=2,
         load_delay=0.2,
