@@ -1874,6 +1874,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
                 self.core.reload_config(config)
             except TFError as e:
                 error = e
+            except Exception as e:  # an emulator bug: say so
+                log.exception("reload failed")
+                error = TFError(INTERNAL, f"TF Serving emulator internal error: {e!r}")
         else:
             error = TFError(
                 INVALID_ARGUMENT,
@@ -1898,6 +1901,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             return fn()
         except TFError as e:
             return _abort(context, e)
+        except Exception as e:  # an emulator bug: say so
+            log.exception("gRPC call failed")
+            return _abort(context, TFError(INTERNAL, f"TF Serving emulator internal error: {e!r}"))
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call(lambda: predict(self.core, request)[0], context)
@@ -1948,6 +1954,9 @@ class RestApi:
             return 200, output
         except TFError as e:
             return HTTP_STATUS.get(e.code, 500), '{ "error": ' + json.dumps(e.message) + " }"
+        except Exception as e:  # an emulator bug: say so rather than drop the connection
+            log.exception("REST %s %s failed", method, path)
+            return 500, '{ "error": ' + json.dumps(f"TF Serving emulator internal error: {e!r}") + " }"
 
     def _process(self, method: str, path: str, body: bytes) -> str:
         malformed = TFError(INVALID_ARGUMENT, f"Malformed request: {method} {path}")
@@ -2058,6 +2067,11 @@ class RestApi:
             + to_json(signature_map)
             + "}\n}\n"
         )
+
+
+class _HttpServer(ThreadingHTTPServer):
+    request_queue_size = 512  # the listen backlog (the default 5 drops a gateway's bursts of connections)
+    daemon_threads = True
 
 
 class _HttpHandler(BaseHTTPRequestHandler):
@@ -2204,14 +2218,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rest_port:
         handler = type("Handler", (_HttpHandler,), {"api": RestApi(core)})
         try:
-            http_server = ThreadingHTTPServer((args.host, args.rest_port), handler)
+            http_server = _HttpServer((args.host, args.rest_port), handler)
         except OSError as e:
             print(
                 f"Failed to start server. Could not bind REST port {args.host}:{args.rest_port}: {e}", file=sys.stderr
             )
             grpc_server.stop(0)
             return 3
-        http_server.daemon_threads = True
         threading.Thread(target=http_server.serve_forever, name="http", daemon=True).start()
     serving.set()
     print(f"Running gRPC ModelServer at {args.host}:{args.grpc_port} ...", file=sys.stderr, flush=True)
