@@ -186,13 +186,18 @@ class TFServingAdapter:
                 value = json.dumps([[e.name, e.base_path] for e in entries])
                 if not force and value == await self.lists.sent(self.backend_id):
                     return
-                raw = await self._rpc("HandleReloadConfigRequest", reload_config_request(entries), _left(deadline))
-                code, message = reload_config_status(raw)
+                try:
+                    raw = await self._rpc("HandleReloadConfigRequest", reload_config_request(entries), _left(deadline))
+                    code, message = reload_config_status(raw)
+                except _RpcFailed as exc:
+                    # TF Serving returns a failed reload as the call's status too (model_service_impl.cc).
+                    code, message = exc.code.value[0], exc.details
                 if code == 0:
                     if not await self.lists.record_sent(self.backend_id, token, value):
                         log.warning("%s: model-list lease lost while sending the list; not recorded", self.backend_id)
                 else:
-                    # A model of the list failed to load; each load reads its own model's state next.
+                    # TF Serving took the list, but a new model of it failed (or its base path is missing):
+                    # each load reads its own model's state next. Not recorded, so the next change resends.
                     log.warning("%s: reload answered error %d: %s", self.backend_id, code, message)
         except TimeoutError as exc:
             raise BackendTimeout(str(exc), self.backend_id) from exc

@@ -36,7 +36,7 @@ from tests.tfserving_models import build_broken_model, build_models, default_off
 from tests.tfserving_stack import TFServingEmulator
 
 TFS_MODELS = [f"t{i:02d}" for i in range(8)]
-CAPACITY = 2
+CAPACITY = 3
 HOLDING = {"START", "LOADING", "AVAILABLE", "UNLOADING"}
 
 
@@ -52,7 +52,7 @@ def tfs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def emulators(tfs_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TFServingEmulator]]:
     logs = tmp_path_factory.mktemp("tfs-logs")
     ems = [
-        TFServingEmulator(tfs_root, load_delay=0.3, load_log=logs / f"loads-{i}.log", max_models=CAPACITY)
+        TFServingEmulator(tfs_root, load_delay=0.3, max_models=CAPACITY, workdir=logs / f"emulator-{i}")
         for i in range(2)
     ]
     try:
@@ -78,10 +78,8 @@ def tfs(emulators: list[TFServingEmulator]) -> Iterator[list[TFServingEmulator]]
 
 
 def loads(em: TFServingEmulator) -> list[str]:
-    try:
-        return [line.split()[1] for line in em.load_log.read_text().splitlines() if line.startswith("load ")]
-    except FileNotFoundError:
-        return []
+    """Model names, one per real load the emulator did (SavedModel loads, logged by the emulator)."""
+    return [line.split()[1] for line in em.load_log() if line.startswith("load ")]
 
 
 def states(em: TFServingEmulator, name: str) -> list[str]:
@@ -209,7 +207,7 @@ def test_two_gateways_loading_onto_one_tfserving_backend_at_the_same_moment(
 ) -> None:
     a, b = start_gateway(), start_gateway()
     with stack.admin(a) as admin:
-        register_tfs(admin, tfs[:1], tfs_root, ["t00", "t01", "t02"], capacity=CAPACITY + 1)
+        register_tfs(admin, tfs[:1], tfs_root, ["t00", "t01", "t02"])
     row = [0.5, 0.5, 0.5, 0.5]
     check_prediction("t00", row, predict(a.url, "t00", row))  # loaded first; must never be dropped
     before = len(loads(tfs[0]))
