@@ -24,9 +24,9 @@ The API is in `adapters.tfserving_proto.messages` (bytes in, bytes out, typed). 
 `python -m adapters.tfserving_proto.build` runs even while the artifact is missing or stale.
 
 The data-plane functions (`read_model_spec`, `rewrite_model_name`) do not even parse the outer messages: they walk
-the top-level records on the wire (`wire`), parse only the ModelSpec with protobuf, and splice a renamed ModelSpec
-back in place, so the tensor bytes are neither parsed nor moved. The outer views in prediction_service.proto give
-the field numbers they walk, and the gRPC method table (`METHODS`).
+the top-level records on the wire (`adapters.protowire.records`), parse only the ModelSpec with protobuf, and
+splice a renamed ModelSpec back in place, so the tensor bytes are neither parsed nor moved. The outer views in
+prediction_service.proto give the field numbers they walk, and the gRPC method table (`METHODS`).
 
 To change a message: edit its .proto file, keep TF Serving's field numbers, then regenerate the artifact with
 `python -m adapters.tfserving_proto.build` (needs grpcio-tools, a dev dependency) and commit both. A test fails

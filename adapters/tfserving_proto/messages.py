@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory, wrappers_pb2
 
-from adapters.tfserving_proto import wire
+from adapters import protowire
 
 ARTIFACT = "descriptors.binpb"
 """The FileDescriptorSet compiled from this package's .proto files (see `adapters.tfserving_proto.build`)."""
@@ -237,10 +237,10 @@ def _spec_parts(buf: memoryview, pos: int, end: int, path: tuple[int, ...]) -> l
     merged, as protobuf does), one slot per element of a repeated first step."""
     number, rest = path[0], path[1:]
     if not rest:
-        return [[buf[p:e] for f, t, _, p, e in wire.records(buf, pos, end) if f == number and t == wire.LEN]]
+        return [[buf[p:e] for _, t, _, p, e in protowire.records(buf, pos, end, only=(number,)) if t == protowire.LEN]]
     slots: list[list[memoryview]] = []
-    for f, t, _, p, e in wire.records(buf, pos, end):
-        if f == number and t == wire.LEN:
+    for _, t, _, p, e in protowire.records(buf, pos, end, only=(number,)):
+        if t == protowire.LEN:
             slots.extend(_spec_parts(buf, p, e, rest))
     return slots
 
@@ -261,7 +261,7 @@ def read_model_spec(message_name: str, raw: bytes) -> SpecInfo:
     buf = memoryview(raw)
     try:
         slots = _spec_parts(buf, 0, len(buf), path)
-    except wire.WireError as exc:
+    except protowire.WireError as exc:
         raise ValueError(f"{message_name}: not a valid protobuf message ({exc})") from None
     if len(path) == 1:
         where = [f"{message_name}.model_spec"]
@@ -291,14 +291,12 @@ def read_model_spec(message_name: str, raw: bytes) -> SpecInfo:
     )
 
 
-def _len_record(number: int, payload: bytes) -> bytes:
-    return wire.encode_varint(number << 3 | wire.LEN) + wire.encode_varint(len(payload)) + payload
-
-
 def _rewrite(buf: memoryview, pos: int, end: int, path: tuple[int, ...], name: str) -> list[bytes | memoryview] | None:
     """buf[pos:end] as chunks with every ModelSpec along `path` renamed, or None when nothing changes."""
     number, rest = path[0], path[1:]
-    found = [(start, p, e) for f, t, start, p, e in wire.records(buf, pos, end) if f == number and t == wire.LEN]
+    found = [
+        (start, p, e) for _, t, start, p, e in protowire.records(buf, pos, end, only=(number,)) if t == protowire.LEN
+    ]
     if not found:
         return None
     chunks: list[bytes | memoryview] = []
@@ -309,7 +307,7 @@ def _rewrite(buf: memoryview, pos: int, end: int, path: tuple[int, ...], name: s
             return None
         spec.name = name
         # One record, where the first was (a repeated model_spec is merged into it, as any parser would).
-        chunks += [buf[cursor : found[0][0]], _len_record(number, spec.SerializeToString())]
+        chunks += [buf[cursor : found[0][0]], protowire.encode_len(number, spec.SerializeToString())]
         cursor = found[0][2]
         for start, _, e in found[1:]:
             chunks.append(buf[cursor:start])
@@ -319,7 +317,7 @@ def _rewrite(buf: memoryview, pos: int, end: int, path: tuple[int, ...], name: s
         for start, p, e in found:
             inner = _rewrite(buf, p, e, rest, name)
             if inner is not None:
-                chunks += [buf[cursor:start], _len_record(number, b"".join(inner))]
+                chunks += [buf[cursor:start], protowire.encode_len(number, b"".join(inner))]
                 cursor = e
                 changed = True
         if not changed:
@@ -341,7 +339,7 @@ def rewrite_model_name(message_name: str, raw: bytes, name: str) -> bytes:
     buf = memoryview(raw)
     try:
         chunks = _rewrite(buf, 0, len(buf), path, name)
-    except wire.WireError as exc:
+    except protowire.WireError as exc:
         raise ValueError(f"{message_name}: not a valid protobuf message ({exc})") from None
     except ValueError as exc:
         raise ValueError(f"{message_name}: {exc}") from None

@@ -4,7 +4,6 @@ field numbers, and bytes that each side reads as the other meant, in both direct
 from __future__ import annotations
 
 import importlib.util
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2  # noqa: F401
 
-from adapters.tfserving_proto import build, wire
+from adapters.protowire import records
+from adapters.tfserving_proto import build
 from adapters.tfserving_proto.messages import (
     _POOL,
     METHODS,
@@ -49,6 +49,7 @@ from adapters.tfserving_proto.messages import (
     reload_config_status,
     rewrite_model_name,
 )
+from tests.adapters.test_protowire import MALFORMED, damaged
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = descriptor_pool.Default()
@@ -414,12 +415,7 @@ def test_missing_or_empty_model_spec_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"\x0a\x05abc", "length 5 at byte 1 runs past the end"),
-        (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "varint longer than 10 bytes"),
-        (b"\x00\x01", "invalid field tag 0"),
-        (b"\x0f", "invalid wire type 7"),
-        (b"\x13\x08\x01", "group 2 not closed"),
-        (b"\x14", "closes no group"),
+        *MALFORMED,  # not a protobuf message at all: the reason is adapters.protowire's
         (b"\x0a\x02\x0a\xff", "model_spec"),  # model_spec that is not a ModelSpec
         (b"\x0a\x03\x0a\x01\xff", "model_spec"),  # name that is not UTF-8
     ],
@@ -443,8 +439,7 @@ def test_a_repeated_model_spec_merges_like_protobuf() -> None:
     assert read_model_spec("PredictRequest", raw) == SpecInfo("a", 5, None, "sig")
     out = rewrite_model_name("PredictRequest", raw, "b")
     assert predict_pb2.PredictRequest.FromString(out) == renamed(merged, "b")
-    view = memoryview(out)
-    assert [field for field, *_ in wire.records(view, 0, len(view))] == [1, 2]  # one model_spec, where the first was
+    assert [field for field, *_ in records(out)] == [1, 2]  # one model_spec, where the first was
 
 
 def test_unknown_group_fields_are_skipped_and_kept() -> None:
@@ -464,16 +459,8 @@ def test_wire_walk_agrees_with_protobuf_on_damaged_bytes() -> None:
     with_spec(request, version=9)
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.arange(6, dtype=np.int32)))
     request.output_filter.append("y")
-    raw = request.SerializeToString()
-    rng = random.Random(1234)
-    damaged = [raw[:n] for n in range(len(raw))]
-    for _ in range(400):
-        mutable = bytearray(raw)
-        for _ in range(rng.randint(1, 3)):
-            mutable[rng.randrange(len(mutable))] = rng.randrange(256)
-        damaged.append(bytes(mutable))
     outcomes = {"ok": 0, "rejected": 0}
-    for candidate in damaged:
+    for candidate in damaged(request.SerializeToString(), 400):
         try:
             parsed = view.FromString(candidate)
         except Exception:
