@@ -36,6 +36,8 @@ RUN groupadd --system --gid 10001 modelyard \
        --shell /usr/sbin/nologin modelyard \
     && install -d -o 10001 -g 10001 /var/cache/modelyard
 COPY --from=build /opt/modelyard /opt/modelyard
+# XDG_CACHE_HOME: the gateway's cache of model files from file:// and s3:// sources goes below it, in
+# /var/cache/modelyard, which compose and Kubernetes mount as a volume (the root filesystem may be read-only).
 ENV PATH=/opt/modelyard/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
