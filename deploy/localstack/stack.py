@@ -43,7 +43,9 @@ class GatewayProcess:
         self.args = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
         self.args += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         self.args += ["--redis-url", redis_url] if redis_url else []
-        self.args += ["--admin-token", token, "--redis-prefix", prefix, *extra]
+        # `--flag=value`: a token may start with '-' (token_urlsafe does, 1 in 32), which argparse would take
+        # for a flag in the two-word form.
+        self.args += [f"--admin-token={token}", f"--redis-prefix={prefix}", *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
