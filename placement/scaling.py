@@ -82,6 +82,8 @@ class CopyScaler:
             rate = max(0, counts.get(name, 0) - last[1].get(name, 0)) / seconds
             ready = self.view.ready_backends(name)
             step = self.decide(spec, rate, len(ready))
+            if step > 0 and not self._room_elsewhere(spec):
+                continue  # every usable backend of its runtime holds a copy already
             try:
                 if step > 0:
                     log.info("%s serves %.1f req/s on %d copies: adding one", name, rate, len(ready))
@@ -93,6 +95,13 @@ class CopyScaler:
                         self.downs += 1
             except PlacementError as exc:
                 log.warning("cannot scale %s: %s", name, exc)
+
+    def _room_elsewhere(self, spec: ModelSpec) -> bool:
+        held = self.view.copies.get(spec.name, {})
+        return any(
+            rec.spec.kind == spec.runtime and bid not in held and self.view.usable(bid)
+            for bid, rec in self.view.backends.items()
+        )
 
     async def _remove_one(self, name: str, ready: list[str]) -> bool:
         def fullness(bid: str) -> int:
