@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup demo test check bench bench-grpc clean
+.PHONY: setup demo test check bench bench-grpc bench-hedging clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -32,6 +32,9 @@ bench: setup
 
 bench-grpc: setup
 	$(PY) -m loadtests.grpc_overhead $(ARGS)
+
+bench-hedging: setup
+	$(PY) -m loadtests.hedging $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,10 @@ class BackendUnavailable(BackendError):
     """The backend could not be reached (connection refused, reset, DNS, ...). Nothing was answered."""
 
 
+class BackendRefused(BackendUnavailable):
+    """No connection could be opened to the backend (refused, no route): the request was not sent at all."""
+
+
 class BackendTimeout(BackendError):
     """The backend did not answer in time."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 
 from adapters.base import ForwardResponse
-from adapters.errors import BackendTimeout, BackendUnavailable
+from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
 
 # Headers that describe one hop of the connection, not the message; never passed on.
 HOP_BY_HOP = frozenset(
@@ -64,6 +64,8 @@ async def send_raw(
             await response.aclose()
     except httpx.TimeoutException as exc:
         raise BackendTimeout(f"backend {backend_id} did not answer within {timeout:g} s", backend_id) from exc
+    except httpx.ConnectError as exc:
+        raise BackendRefused(f"backend {backend_id} could not be reached: {exc}", backend_id) from exc
     except httpx.TransportError as exc:
         raise BackendUnavailable(
             f"backend {backend_id} could not be reached: {type(exc).__name__}: {exc}", backend_id

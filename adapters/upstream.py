@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from adapters.base import ForwardResponse
-from adapters.errors import BackendTimeout, BackendUnavailable
+from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
 from adapters.http_forward import HOP_BY_HOP as _HOP_BY_HOP
 
 HOP_BY_HOP = frozenset(h.encode("latin-1") for h in _HOP_BY_HOP)
@@ -151,7 +151,7 @@ class UpstreamPool:
         try:
             _, conn = await asyncio.get_running_loop().create_connection(_Conn, self.host, self.port)
         except OSError as exc:
-            raise BackendUnavailable(
+            raise BackendRefused(
                 f"backend {self.backend_id} could not be reached: {type(exc).__name__}: {exc}", self.backend_id
             ) from exc
         return conn

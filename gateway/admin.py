@@ -21,6 +21,7 @@ from gateway.metrics import Metrics
 from gateway.ui import UI_HTML
 from placement.records import check_name
 from placement.registry import Registry
+from placement.routes import RouteRegistry
 
 
 async def _body(request: Request) -> Any:
@@ -33,7 +34,9 @@ async def _body(request: Request) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
-def build_admin_app(registry: Registry, dataplane: DataPlane, metrics: Metrics, admin_token: str) -> FastAPI:
+def build_admin_app(
+    registry: Registry, routes: RouteRegistry, dataplane: DataPlane, metrics: Metrics, admin_token: str
+) -> FastAPI:
     app = FastAPI(title="modelyard admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
 
     @app.exception_handler(ModelyardError)
@@ -103,6 +106,22 @@ def build_admin_app(registry: Registry, dataplane: DataPlane, metrics: Metrics, 
     @admin.post("/models/{name}/refresh")
     async def refresh_model(name: str) -> Any:
         return await registry.refresh_model(name)
+
+    @admin.put("/routes/{name}")
+    async def put_route(name: str, request: Request) -> Any:
+        return await routes.put_route(name, await _body(request))
+
+    @admin.get("/routes")
+    async def list_routes() -> Any:
+        return {"routes": await routes.list_routes()}
+
+    @admin.get("/routes/{name}")
+    async def get_route(name: str) -> Any:
+        return await routes.get_route(name)
+
+    @admin.delete("/routes/{name}")
+    async def delete_route(name: str) -> Any:
+        return await routes.delete_route(name)
 
     @admin.get("/placement")
     async def placement() -> Any:

@@ -24,6 +24,7 @@ from placement.clock import Clock, SystemClock
 from placement.placer import Placer
 from placement.records import BackendSpec
 from placement.registry import Registry
+from placement.routes import RouteRegistry
 from placement.served import ServedLists
 from placement.store import RedisStore
 
@@ -46,6 +47,7 @@ class Gateway:
         self.placer = Placer(self.store, self._adapter, settings.placement, self.clock)
         self.served = ServedLists(self.store, self.placer.view, settings.placement.lease_ttl)
         self.registry = Registry(self.placer)
+        self.routes = RouteRegistry(self.registry)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.watch("placement", self._placement_metrics)
         self.placer.loader.events.on_load = self.metrics.load_seconds.observe
@@ -53,7 +55,7 @@ class Gateway:
         self.dataplane = DataPlane(self.placer, settings, self.metrics)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
         self.grpc = GrpcDataPlane(self.dataplane, self.metrics)  # served by gateway.server on --grpc-port
-        self.admin = build_admin_app(self.registry, self.dataplane, self.metrics, settings.admin_token)
+        self.admin = build_admin_app(self.registry, self.routes, self.dataplane, self.metrics, settings.admin_token)
         self._starting: asyncio.Task[None] | None = None
 
     def _adapter(self, spec: BackendSpec) -> RuntimeAdapter:
@@ -91,17 +93,21 @@ class Gateway:
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
+        await self.dataplane.aclose()
         await self.placer.stop()
         await self.redis.aclose()
 
     def _placement_metrics(self) -> Iterator[Any]:
         ev = self.placer.loader.events
+        scaler = self.placer.reconciler.scaler
         for name, value, doc in (
             ("modelyard_loads", ev.loads, "Model loads this gateway completed."),
             ("modelyard_load_failures", ev.load_failures, "Model loads that failed."),
             ("modelyard_evictions", ev.evictions, "Copies this gateway evicted to make room."),
             ("modelyard_unloads", ev.unloads, "Copies this gateway unloaded (evictions, admin, drain)."),
             ("modelyard_load_joins", ev.joined, "Requests that joined a load already under way."),
+            ("modelyard_copies_added", scaler.ups, "Copies this gateway added to busy models (as reconcile leader)."),
+            ("modelyard_copies_removed", scaler.downs, "Copies this gateway removed from models that cooled down."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         calls = CounterMetricFamily("modelyard_redis_calls", "Redis calls by kind.", labels=["kind"])

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         float,
         "seconds between batched last-used writes",
     )
+    add(
+        "--copy-scale-up-rate",
+        "MODELYARD_COPY_SCALE_UP_RATE",
+        "100",
+        float,
+        "requests/s per copy above which a model with max_copies > 1 gets another copy (0: never)",
+    )
     add("--shutdown-grace", "MODELYARD_SHUTDOWN_GRACE", "30", float, "seconds in-flight requests get on SIGTERM")
     add("--log-level", "MODELYARD_LOG_LEVEL", "info", help="debug, info, warning, error")
     return parser
@@ -73,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             load_timeout=args.load_timeout,
             lease_ttl=args.lease_ttl,
             usage_flush_interval=args.usage_flush_interval,
+            scale_up_rate=args.copy_scale_up_rate,
         ),
     )
 

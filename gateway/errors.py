@@ -10,6 +10,7 @@ import grpc
 
 from adapters.errors import BackendError, BackendTimeout, BackendUnavailable, ModelNotLoaded, ModelyardError
 from placement.errors import (
+    BadReference,
     Conflict,
     InvalidSpec,
     LeaseLost,
@@ -77,7 +78,7 @@ def to_http(exc: BaseException) -> HttpError:
             return HttpError(501, msg)
         case BodyTooLarge():
             return HttpError(413, msg)
-        case Unplaceable():
+        case Unplaceable() | BadReference():
             return HttpError(422, msg)
         case NoCapacity():
             return HttpError(503, msg, exc.retry_after)
@@ -140,7 +141,7 @@ def to_grpc(exc: BaseException) -> GrpcError:
             return GrpcError(grpc.StatusCode.UNIMPLEMENTED, msg)
         case BodyTooLarge():
             return GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
-        case Unplaceable():
+        case Unplaceable() | BadReference():
             return GrpcError(grpc.StatusCode.FAILED_PRECONDITION, msg)
         case NoCapacity() | LoadFailed():
             return _unavailable(msg, exc.retry_after)

@@ -40,6 +40,7 @@ from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, NotReady, NotSupported, grpc_status, to_grpc
 from gateway.http_dataplane import SERVER_METADATA
 from gateway.metrics import Metrics
+from gateway.routing import TARGET_HEADER, HeaderLookup
 from gateway.settings import Settings
 
 log = logging.getLogger("modelyard.grpc")
@@ -226,6 +227,18 @@ SERVICES[MODEL_SERVICE] = {
 }
 
 
+def metadata_lookup(metadata: Sequence[tuple[str, str | bytes]] | None) -> HeaderLookup:
+    """Any metadata value by lower-case key (grpc lower-cases them), read only when asked."""
+
+    def get(name: str) -> str | None:
+        for key, value in metadata or ():
+            if key == name:
+                return value.decode("latin-1") if isinstance(value, bytes) else value
+        return None
+
+    return get
+
+
 def forward_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> list[tuple[str, str]]:
     """The client's metadata worth passing on; binary (`-bin`) values as latin-1 strings, one char per byte."""
     out: list[tuple[str, str]] = []
@@ -289,8 +302,9 @@ class GrpcDataPlane:
                     if not self.dp.ready:
                         raise NotReady("the gateway has not reached Redis yet; try again in a moment")
                     ref = method.read(body)
+                    header = metadata_lookup(context.invocation_metadata())
                     if isinstance(method, Readiness):
-                        cold = await self._cold_readiness(method, ref, context)
+                        cold, header = await self._cold_readiness(method, ref, header, context)
                         if cold is not None:
                             return cold
                     call = Call(
@@ -303,6 +317,7 @@ class GrpcDataPlane:
                         forward_metadata(context.invocation_metadata()),
                         deadline=_deadline(context),
                         rewrite=method.rewrite,
+                        header=header,
                     )
                     answer = await self.dp.call(call)
                 except ModelyardError as exc:
@@ -330,14 +345,15 @@ class GrpcDataPlane:
         return handle
 
     async def _cold_readiness(
-        self, method: Readiness, ref: ModelRef, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> bytes | None:
-        """None when a copy is loaded (the backend answers); else whether the model could be served."""
-        model = self.dp.resolve(ref.name)
+        self, method: Readiness, ref: ModelRef, header: HeaderLookup, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> tuple[bytes | None, HeaderLookup]:
+        """(None, lookup) when a copy is loaded: the backend answers, and `lookup` makes a route resolve to the
+        model chosen here. Else (whether the model could be served, lookup)."""
+        model = self.dp.resolve(ref.name, header)
         if self.dp.placer.warm_backend(model) is not None:
-            return None
+            return None, lambda name: model if name == TARGET_HEADER else header(name)
         await context.send_initial_metadata((("x-modelyard-model", model),))
-        return method.cold_answer(self.dp.model_servable(model))
+        return method.cold_answer(self.dp.model_servable(model)), header
 
     def _refuse_stream(self, op: str, method: Refuse) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
         async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:

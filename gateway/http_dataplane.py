@@ -17,6 +17,7 @@ from adapters.errors import ModelyardError
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, to_http
 from gateway.metrics import Metrics
+from gateway.routing import HeaderLookup
 from placement.errors import UnknownModel
 
 Scope = MutableMapping[str, Any]
@@ -98,11 +99,12 @@ class HttpDataPlane:
             if not self.dp.ready:
                 raise NotReady("the gateway has not reached Redis yet; try again in a moment")
             if op == "ready":
-                status = await self._ready(send, name, version)
+                status = await self._ready(send, name, version, header_lookup(scope))
                 return
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
             headers = forward_headers(scope)
-            answer = await self.dp.call(Call(protocol, method, name, version, op, body, headers))
+            call = Call(protocol, method, name, version, op, body, headers, header=header_lookup(scope))
+            answer = await self.dp.call(call)
             status = answer.response.status
             await send_answer(send, answer)
         except ModelyardError as exc:
@@ -112,11 +114,11 @@ class HttpDataPlane:
         finally:
             self._record(op or "metadata", status, time.perf_counter() - started)
 
-    async def _ready(self, send: Send, name: str, version: str | None) -> int:
-        model = self.dp.resolve(name)
+    async def _ready(self, send: Send, name: str, version: str | None, header: HeaderLookup) -> int:
+        model = self.dp.resolve(name, header)
         backend = self.dp.placer.warm_backend(model)
         if backend is not None:
-            answer = await self.dp.call(Call("kserve", "GET", name, version, "ready"))
+            answer = await self.dp.call(Call("kserve", "GET", model, version, "ready"))
             await send_answer(send, answer)
             return answer.response.status
         # A cold model is ready to serve when some backend can load it; readiness does not load it.
@@ -214,6 +216,20 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def header_lookup(scope: Scope) -> HeaderLookup:
+    """Any request header by lower-case name (ASGI servers lower-case them), read only when asked."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+
+    def get(name: str) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in raw:
+            if k == key:
+                return v.decode("latin-1")
+        return None
+
+    return get
 
 
 def forward_headers(scope: Scope) -> list[tuple[str, str]]:

@@ -18,4 +18,12 @@ class Settings:
     backend_timeout: float = 60.0  # one forwarded request
     shutdown_grace: float = 30.0  # how long in-flight requests get to finish on SIGTERM
     log_level: str = "info"
+    # Routes, shadows, hedging and retries (gateway.dataplane).
+    shadow_queue: int = 256  # shadow requests waiting for a worker; past this they are dropped and counted
+    shadow_concurrency: int = 16  # shadow requests in flight at once, per gateway
+    hedge_window: float = 10.0  # seconds over which hedges are held to a policy's max_extra_percent
+    latency_window: int = 200  # latencies kept per hedged model, for the p95 of `after_ms: null`
+    latency_min_samples: int = 20  # no p95 (so no hedge with `after_ms: null`) before this many
+    retry_budget_percent: float = 20.0  # retries in flight: at most this share of the requests in flight...
+    retry_budget_min: int = 5  # ... or this many, whichever is larger
     placement: PlacementSettings = field(default_factory=PlacementSettings)

@@ -33,6 +33,10 @@ class Unplaceable(PlacementError):
     """A model that no registered backend could ever hold (its memory_bytes fits nowhere)."""
 
 
+class BadReference(PlacementError):
+    """A route names models that are not registered, or that no one protocol can call together."""
+
+
 class NoCapacity(PlacementError):
     """No copy can be placed now: every slot is held by a model that cannot be evicted, or no backend is up.
 

@@ -63,7 +63,7 @@ class Placer:
         await self.reconciler.stop()
         await stop_task(self._flusher, self._stop)
         with contextlib.suppress(Exception):
-            await self.store.touch_many(self.usage.drain())
+            await self.store.touch_many(self.usage.drain(), self.usage.drain_requests())
         await self.sync.stop()
         for _, adapter in self._adapters.values():
             with contextlib.suppress(Exception):
@@ -132,7 +132,7 @@ class Placer:
     async def _flush_usage(self) -> None:
         while not await sleep_or_stop(self._stop, self.settings.usage_flush_interval):
             try:
-                await self.store.touch_many(self.usage.drain())
+                await self.store.touch_many(self.usage.drain(), self.usage.drain_requests())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -8,7 +8,8 @@ the reconcile lease, compares each healthy backend's real contents with its copi
   an unload finished without its bookkeeping);
 - a loading copy with no load lease behind it for longer than the load timeout is unloaded and removed;
 - a copy stuck in unloading is unloaded again;
-- models with `min_copies` get their missing copies loaded.
+- models with `min_copies` get their missing copies loaded;
+- models with `max_copies` above 1 get copies added or removed as their request rate says (`placement.scaling`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from placement.clock import Clock
 from placement.errors import PlacementError
 from placement.loader import Loader
 from placement.records import CopyState
+from placement.scaling import CopyScaler
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
 from placement.tasks import sleep_or_stop, stop_task
@@ -51,6 +53,7 @@ class Reconciler:
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}  # consecutive failed health checks per backend
         self._stop = asyncio.Event()
+        self.scaler = CopyScaler(store, view, loader, settings, clock)
 
     async def start(self) -> None:
         await self.check_health()
@@ -111,6 +114,7 @@ class Reconciler:
             except (BackendError, PlacementError) as exc:
                 log.warning("reconciling %s: %s", bid, exc)
         await self.ensure_min_copies()
+        await self.scaler.run()
 
     async def reconcile_backend(self, bid: str) -> None:
         adapter = self.adapter(bid)

@@ -18,6 +18,9 @@ from placement.errors import InvalidSpec
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RUNTIMES = ("triton", "tfserving")
 DEFAULT_TFSERVING_BASE_PATH = "/models"
+DEFAULT_HEDGE_EXTRA_PERCENT = 5.0
+# Request headers a route may stick users by: lower-case HTTP header / gRPC metadata names.
+HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -147,6 +150,51 @@ class BackendRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """When to send a second copy of a slow request to another copy of the model, and how often at most.
+
+    `after_ms` None: after the model's recently observed p95 latency (as this gateway measures it).
+    `max_extra_percent`: hedges may add at most this share of the requests under the policy (a sliding window).
+    """
+
+    after_ms: float | None = None
+    max_extra_percent: float = DEFAULT_HEDGE_EXTRA_PERCENT
+
+    @staticmethod
+    def parse(body: Any, where: str = "hedge") -> HedgePolicy | None:
+        if body is None:
+            return None
+        if not isinstance(body, dict):
+            raise InvalidSpec(f'{where} must be null or an object like {{"after_ms": 50, "max_extra_percent": 5}}')
+        unknown = set(body) - {"after_ms", "max_extra_percent"}
+        if unknown:
+            raise InvalidSpec(f"unknown field(s) {sorted(unknown)} in {where}; expected after_ms, max_extra_percent")
+        after = body.get("after_ms")
+        if after is not None and (not _is_number(after) or after <= 0):
+            raise InvalidSpec(
+                f"{where}.after_ms must be a positive number of milliseconds, or null to hedge after the model's "
+                f"observed p95 latency; got {after!r}"
+            )
+        extra = body.get("max_extra_percent", DEFAULT_HEDGE_EXTRA_PERCENT)
+        if not _is_number(extra) or not 0 <= extra <= 100:
+            raise InvalidSpec(f"{where}.max_extra_percent must be a number from 0 to 100, got {extra!r}")
+        return HedgePolicy(None if after is None else float(after), float(extra))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"after_ms": self.after_ms, "max_extra_percent": self.max_extra_percent}
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> HedgePolicy | None:
+        if data is None:
+            return None
+        after = data.get("after_ms")
+        return HedgePolicy(
+            None if after is None else float(after),
+            float(data.get("max_extra_percent", DEFAULT_HEDGE_EXTRA_PERCENT)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """What an operator registers with `PUT /admin/models/{name}`."""
 
@@ -157,13 +205,15 @@ class ModelSpec:
     min_copies: int = 0
     max_copies: int = 1
     pinned: bool = False
+    # An extension of the contract: a model called by its own name can be hedged too (routes have their own).
+    hedge: HedgePolicy | None = None
 
     @staticmethod
     def parse(name: str, body: Any) -> ModelSpec:
         check_name("model", name)
         if not isinstance(body, dict):
             raise InvalidSpec('the body must be a JSON object, at least {"runtime": "triton"}')
-        allowed = {"runtime", "source", "memory_bytes", "min_copies", "max_copies", "pinned", "name"}
+        allowed = {"runtime", "source", "memory_bytes", "min_copies", "max_copies", "pinned", "hedge", "name"}
         unknown = set(body) - allowed
         if unknown:
             raise InvalidSpec(f"unknown field(s) {sorted(unknown)}; expected {sorted(allowed - {'name'})}")
@@ -192,7 +242,8 @@ class ModelSpec:
         pinned = body.get("pinned", False)
         if not isinstance(pinned, bool):
             raise InvalidSpec(f"pinned must be true or false, got {pinned!r}")
-        return ModelSpec(name, runtime, source, mem, min_copies, max_copies, pinned)
+        hedge = HedgePolicy.parse(body.get("hedge"))
+        return ModelSpec(name, runtime, source, mem, min_copies, max_copies, pinned, hedge)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +254,7 @@ class ModelSpec:
             "min_copies": self.min_copies,
             "max_copies": self.max_copies,
             "pinned": self.pinned,
+            "hedge": self.hedge.to_json() if self.hedge else None,
         }
 
     @staticmethod
@@ -215,6 +267,7 @@ class ModelSpec:
             int(data.get("min_copies", 0)),
             int(data.get("max_copies", 1)),
             bool(data.get("pinned", False)),
+            HedgePolicy.from_json(data.get("hedge")),
         )
 
 
@@ -256,6 +309,118 @@ class ModelStatus:
         out["loads"] = self.loads
         out["last_error"] = self.last_error
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    model: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    model: str
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A name clients call that the gateway resolves to one of several models (`PUT /admin/routes/{name}`).
+
+    `splits` share the route's requests by weight; `shadows` each get a copy of `percent` of them, whose answers
+    are compared and dropped; `sticky_header` keeps one header value on one model; `hedge` applies to whichever
+    model answers. Whether the models named are registered is checked by the store, atomically with the write.
+    """
+
+    name: str
+    splits: tuple[Split, ...]
+    shadows: tuple[Shadow, ...] = ()
+    sticky_header: str | None = None
+    hedge: HedgePolicy | None = None
+
+    @property
+    def models(self) -> list[str]:
+        """Every model the route names, splits first, each once."""
+        return list(dict.fromkeys([s.model for s in self.splits] + [s.model for s in self.shadows]))
+
+    @staticmethod
+    def parse(name: str, body: Any) -> RouteSpec:
+        check_name("route", name)
+        example = '{"splits": [{"model": "a", "weight": 90}, {"model": "b", "weight": 10}]}'
+        if not isinstance(body, dict):
+            raise InvalidSpec(f"the body must be a JSON object, at least {example}")
+        allowed = {"splits", "shadows", "sticky_header", "hedge", "name"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise InvalidSpec(f"unknown field(s) {sorted(unknown)}; expected {sorted(allowed - {'name'})}")
+        raw_splits = body.get("splits")
+        if not isinstance(raw_splits, list) or not raw_splits:
+            raise InvalidSpec(f"splits is required: a non-empty list like {example}")
+        splits: list[Split] = []
+        for i, item in enumerate(raw_splits):
+            if not isinstance(item, dict) or set(item) - {"model", "weight"} or "model" not in item:
+                raise InvalidSpec(f'splits[{i}] must be {{"model": name, "weight": integer}}, got {item!r}')
+            weight: Any = item.get("weight")
+            if not _is_int(weight) or weight < 0:
+                raise InvalidSpec(f"splits[{i}].weight must be a non-negative integer, got {weight!r}")
+            splits.append(Split(_model_name(item["model"], f"splits[{i}].model"), weight))
+        _no_repeats([s.model for s in splits], "splits")
+        if sum(s.weight for s in splits) <= 0:
+            raise InvalidSpec("the weights of splits must add up to more than 0")
+        raw_shadows = body.get("shadows") or []
+        if not isinstance(raw_shadows, list):
+            raise InvalidSpec('shadows must be a list like [{"model": "c", "percent": 100}]')
+        shadows: list[Shadow] = []
+        for i, item in enumerate(raw_shadows):
+            if not isinstance(item, dict) or set(item) - {"model", "percent"} or "model" not in item:
+                raise InvalidSpec(f'shadows[{i}] must be {{"model": name, "percent": 0..100}}, got {item!r}')
+            percent = item.get("percent", 100)
+            if not _is_number(percent) or not 0 <= percent <= 100:
+                raise InvalidSpec(f"shadows[{i}].percent must be a number from 0 to 100, got {percent!r}")
+            shadows.append(Shadow(_model_name(item["model"], f"shadows[{i}].model"), float(percent)))
+        _no_repeats([s.model for s in shadows], "shadows")
+        sticky = body.get("sticky_header")
+        if sticky is not None:
+            if not isinstance(sticky, str) or not HEADER_RE.match(sticky.lower()):
+                raise InvalidSpec(f"sticky_header must be a header name like x-user-id, or null; got {sticky!r}")
+            sticky = sticky.lower()
+        hedge = HedgePolicy.parse(body.get("hedge"))
+        return RouteSpec(name, tuple(splits), tuple(shadows), sticky, hedge)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "splits": [{"model": s.model, "weight": s.weight} for s in self.splits],
+            "shadows": [{"model": s.model, "percent": s.percent} for s in self.shadows],
+            "sticky_header": self.sticky_header,
+            "hedge": self.hedge.to_json() if self.hedge else None,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> RouteSpec:
+        return RouteSpec(
+            data["name"],
+            tuple(Split(s["model"], int(s["weight"])) for s in data["splits"]),
+            tuple(Shadow(s["model"], float(s["percent"])) for s in data.get("shadows") or ()),
+            data.get("sticky_header"),
+            HedgePolicy.from_json(data.get("hedge")),
+        )
+
+
+def _model_name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidSpec(f"{where} must be a model name, got {value!r}")
+    return check_name("model", value)
+
+
+def _no_repeats(names: list[str], where: str) -> None:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidSpec(f"{where} name(s) {twice} more than once; name each model once")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _is_int(v: Any) -> bool:

@@ -1,7 +1,7 @@
 """Registration and administration of backends and models: what the admin API does, without HTTP.
 
 Writes go to Redis and are applied to this gateway's view at once (read-your-writes); other gateways learn
-them from the events. Routes join this when traffic management lands.
+them from the events. Routes are `placement.routes`; they hook in through `name_taken` and `model_used`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ class Registry:
         self.store = placer.store
         self.view = placer.view
         # Other registries (routes) say here which names they own, so a model can't take a route's name.
-        self.name_taken: list[Any] = []
+        self.name_taken: list[Callable[[str], Awaitable[bool]]] = []
+        # ... and which of them use a model, so it can't be deleted from under them.
+        self.model_used: list[Callable[[str], Awaitable[list[str]]]] = []
 
     # -- backends --------------------------------------------------------------------------------------
     async def put_backend(self, backend_id: str, body: Any) -> dict[str, Any]:
@@ -144,6 +146,10 @@ class Registry:
 
     async def delete_model(self, name: str) -> dict[str, Any]:
         await self.status(name)
+        for used in self.model_used:
+            users = await used(name)
+            if users:
+                raise Conflict(f"model {name!r} is named by route(s) {users}; change or delete them before the model")
         unloaded = await self.unload_model(name)
         for c in await self.store.copies_of(name):  # failed entries and anything left
             await self.store.remove_copy(c.backend, name, None)

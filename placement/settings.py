@@ -19,5 +19,12 @@ class PlacementSettings:
     failure_backoff: float = 1.0  # first delay after a failed load; doubles per failure
     failure_backoff_max: float = 60.0
     wait_poll: float = 0.25  # longest wait between looks when waiting for another gateway's load or a slot
+    # Copies that follow demand (placement.scaling): a model gets one more copy (up to max_copies) when its
+    # requests per second per ready copy pass `scale_up_rate` (0: never); one fewer (down to min_copies, at
+    # least 1) when, with one copy fewer, the rate per copy would stay under scale_up_rate * scale_down_ratio for
+    # `scale_down_rounds` reconcile rounds in a row.
+    scale_up_rate: float = 100.0
+    scale_down_ratio: float = 0.5
+    scale_down_rounds: int = 3
     backend_chooser: str = "most-free"
     eviction_policy: str = "lru"

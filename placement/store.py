@@ -14,12 +14,17 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:fence                    INCR counter of fencing tokens
     p:served:{backend}:lock    STRING fencing token of the gateway sending a backend its model list; expires (PX)
     p:served:{backend}:sent    STRING JSON model list last sent to a list-configured backend (TF Serving)
+    p:routes                   HASH route name -> spec JSON (splits, shadows, sticky_header, hedge)
+    p:requests                 HASH model -> requests served, ever (summed over gateways, written in batches);
+                               the reconcile leader turns it into rates to scale copies
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
 
 Capacity is only ever taken by `reserve`, which counts the backend's copies and reserves the slot in one
 script, so two gateways can never both take the last slot. A slot is freed only by `finish_unload` (after the
 backend finished unloading), by `fail`, or by `drop` (the backend lost the copy). Every write that belongs to
 a load checks the fencing token against the lease, so a gateway whose lease expired cannot write.
+A route and a model never share a name, and a route names only registered models of one runtime: `put_route`
+checks both in the script that writes it.
 TF Serving is configured by whole model lists, not per model: `served_lock_*` serialize the sending of a
 backend's list across gateways, and `served_sent_set` records what was sent, fenced by the lock's token.
 Scripts use only EVAL/EVALSHA and cjson, so Redis 6.2, 7.x and Valkey all run them.
@@ -28,13 +33,13 @@ Scripts use only EVAL/EVALSHA and cjson, so Redis 6.2, 7.x and Valkey all run th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus
+from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, RouteSpec
 
 # Each script publishes its own event, so a change and its announcement can't be separated.
 _RESERVE = """
@@ -170,6 +175,31 @@ redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: routes hash, the model key of the route's own name, then the model key of each model the route names
+# (ARGV[4..] are their names). Refuses a name a model has, models that are not registered, and mixed runtimes.
+_PUT_ROUTE = """
+local routes, own = KEYS[1], KEYS[2]
+local name, spec, events = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HEXISTS', own, 'spec') == 1 then return 'model' end
+local missing, runtimes, first = {}, {}, nil
+for i = 3, #KEYS do
+  local raw = redis.call('HGET', KEYS[i], 'spec')
+  local model = ARGV[i + 1]
+  if not raw then
+    table.insert(missing, model)
+  else
+    local runtime = cjson.decode(raw).runtime
+    table.insert(runtimes, model .. '=' .. runtime)
+    if first == nil then first = runtime elseif first ~= runtime then first = false end
+  end
+end
+if #missing > 0 then return 'missing:' .. table.concat(missing, ',') end
+if first == false then return 'runtimes:' .. table.concat(runtimes, ',') end
+redis.call('HSET', routes, name, spec)
+redis.call('PUBLISH', events, cjson.encode({t='route', r=name}))
+return 'ok'
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -178,6 +208,7 @@ class Snapshot:
     backends: dict[str, BackendRecord]
     models: dict[str, ModelSpec]
     copies: dict[str, dict[str, CopyRecord]]  # model -> backend -> copy
+    routes: dict[str, RouteSpec] = field(default_factory=dict)
 
 
 class RedisStore:
@@ -198,6 +229,7 @@ class RedisStore:
         self._release = client.register_script(_LEASE_RELEASE)
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._sent_set = client.register_script(_SENT_SET)
+        self._put_route = client.register_script(_PUT_ROUTE)
 
     # -- keys ------------------------------------------------------------------------------------------
     def k_backend(self, bid: str) -> str:
@@ -290,6 +322,7 @@ class RedisStore:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.zrem(f"{self.p}:models", name)
             pipe.zrem(f"{self.p}:lastused", name)
+            pipe.hdel(f"{self.p}:requests", name)
             pipe.delete(self.k_model(name), self.k_where(name))
             pipe.publish(self.events, json.dumps({"t": "model", "m": name}))
             await pipe.execute()
@@ -415,17 +448,62 @@ class RedisStore:
         return _s(res)
 
     # -- usage -----------------------------------------------------------------------------------------
-    async def touch_many(self, used: Iterable[tuple[str, str, float]]) -> None:
-        """Record last-used times, (model, backend, when), in one round trip. Never moves a time back."""
+    async def touch_many(
+        self, used: Iterable[tuple[str, str, float]], requests: Mapping[str, int] | None = None
+    ) -> None:
+        """Record last-used times, (model, backend, when), and requests served per model since the last call, in
+        one round trip. Never moves a time back."""
         items = list(used)
-        if not items:
+        if not items and not requests:
             return
         self._count("usage_flush")
         async with self.r.pipeline(transaction=False) as pipe:
             for model, bid, when in items:
                 pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
                 pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
+            for model, n in (requests or {}).items():
+                pipe.hincrby(f"{self.p}:requests", model, n)
             await pipe.execute()
+
+    async def request_counts(self) -> dict[str, int]:
+        """Requests served per model since it was registered, summed over every gateway's flushes."""
+        self._count("read")
+        raw = await self.r.hgetall(f"{self.p}:requests")
+        return {_s(m): int(n) for m, n in raw.items()}
+
+    # -- routes ----------------------------------------------------------------------------------------
+    async def put_route(self, spec: RouteSpec) -> str:
+        """Store a route: 'ok', 'model' (a model has its name), 'missing:a,b' (models not registered) or
+        'runtimes:a=triton,b=tfserving' (its models don't share a runtime)."""
+        self._count("admin")
+        models = spec.models
+        res = await self._put_route(
+            keys=[f"{self.p}:routes", self.k_model(spec.name), *(self.k_model(m) for m in models)],
+            args=[spec.name, json.dumps(spec.to_json()), self.events, *models],
+        )
+        return _s(res)
+
+    async def get_route(self, name: str) -> RouteSpec | None:
+        self._count("read")
+        raw = await self.r.hget(f"{self.p}:routes", name)
+        return RouteSpec.from_json(json.loads(raw)) if raw else None
+
+    async def routes(self) -> dict[str, RouteSpec]:
+        self._count("read")
+        raw = await self.r.hgetall(f"{self.p}:routes")
+        return {_s(n): RouteSpec.from_json(json.loads(v)) for n, v in raw.items()}
+
+    async def route_exists(self, name: str) -> bool:
+        self._count("read")
+        return bool(await self.r.hexists(f"{self.p}:routes", name))
+
+    async def delete_route(self, name: str) -> bool:
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hdel(f"{self.p}:routes", name)
+            pipe.publish(self.events, json.dumps({"t": "route", "r": name}))
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
     # -- leases ----------------------------------------------------------------------------------------
     async def lease_try(self, model: str, ttl_ms: int) -> int | None:
@@ -509,7 +587,7 @@ class RedisStore:
             for n, raw in zip(chunk, specs, strict=True):
                 if raw:
                     models[n] = ModelSpec.from_json(json.loads(raw))
-        return Snapshot(backends, models, copies)
+        return Snapshot(backends, models, copies, await self.routes())
 
 
 def _s(v: Any) -> str:

@@ -2,7 +2,8 @@
 
 The warm path only calls `start` and `finish`: two dictionary updates, no I/O. `drain` hands the flusher
 every copy used since the last flush, plus every copy with a request still in flight (so a long request keeps
-its model recent), each with the time it was last seen busy.
+its model recent), each with the time it was last seen busy; `drain_requests` the requests finished per model
+since the last flush (the reconcile leader turns their sums into rates to scale copies).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class Usage:
         self._clock = clock
         self._inflight: dict[tuple[str, str], int] = {}
         self._pending: dict[tuple[str, str], float] = {}
+        self._requests: dict[str, int] = {}
 
     def start(self, model: str, backend: str) -> None:
         key = (model, backend)
@@ -28,6 +30,7 @@ class Usage:
         else:
             self._inflight.pop(key, None)
         self._pending[key] = self._clock.now()
+        self._requests[model] = self._requests.get(model, 0) + 1
 
     def inflight(self, model: str, backend: str) -> int:
         return self._inflight.get((model, backend), 0)
@@ -42,3 +45,7 @@ class Usage:
         for key in self._inflight:
             out[key] = now
         return [(m, b, t) for (m, b), t in out.items()]
+
+    def drain_requests(self) -> dict[str, int]:
+        out, self._requests = self._requests, {}
+        return out

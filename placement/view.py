@@ -1,15 +1,15 @@
 """Each gateway's local view of placement, kept fresh from Redis pub/sub.
 
-The warm request path reads only this view: which backends hold a ready copy of a model, and whether those
-backends are usable. It is rebuilt from a full snapshot when the gateway starts, after any pub/sub
-reconnection, and every `resync_interval` seconds (pub/sub is at-most-once); between snapshots it applies the
-events the Lua scripts in `placement.store` publish:
+The warm request path reads only this view: which backends hold a ready copy of a model, whether those
+backends are usable, and what a route resolves to. It is rebuilt from a full snapshot when the gateway starts,
+after any pub/sub reconnection, and every `resync_interval` seconds (pub/sub is at-most-once); between
+snapshots it applies the events the Lua scripts in `placement.store` publish:
 
     {"t": "copy", "m": model, "b": backend, "s": "loading"|"ready"|"unloading"|"failed"|"gone"}
     {"t": "backend", "b": id}        backend registered, changed, drained or removed: re-read it
     {"t": "model", "m": name}        model registered, changed or removed: re-read it
     {"t": "lease", "m": name}        a load lease was released: waiters look again
-    {"t": "route", "r": name}        route changed (traffic management)
+    {"t": "route", "r": name}        route registered, changed or removed: re-read it
 
 Waiters (`wait`) are woken by any event about their model, and by any event that frees a slot.
 """
@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from placement.records import BackendRecord, CopyState, ModelSpec
+from placement.records import BackendRecord, CopyState, ModelSpec, RouteSpec
 from placement.store import RedisStore, Snapshot
 from placement.tasks import stop_task
 
@@ -34,6 +34,7 @@ class PlacementView:
     def __init__(self) -> None:
         self.backends: dict[str, BackendRecord] = {}
         self.models: dict[str, ModelSpec] = {}
+        self.routes: dict[str, RouteSpec] = {}
         self.copies: dict[str, dict[str, CopyState]] = {}
         # Health as this gateway sees it; a backend it cannot reach gets no requests from it.
         self.reachable: dict[str, bool] = {}
@@ -57,6 +58,7 @@ class PlacementView:
     def load_snapshot(self, snap: Snapshot) -> None:
         self.backends = dict(snap.backends)
         self.models = dict(snap.models)
+        self.routes = dict(snap.routes)
         self.copies = {m: {b: c.state for b, c in held.items()} for m, held in snap.copies.items()}
         self._notify_all()
         if self.on_backends_changed:
@@ -92,6 +94,14 @@ class PlacementView:
         else:
             self.models[name] = spec
         self._notify(name)
+
+    def set_route(self, name: str, spec: RouteSpec | None) -> None:
+        if spec is None:
+            self.routes.pop(name, None)
+        else:
+            self.routes[name] = spec
+        if self.on_route_event:
+            self.on_route_event(name)
 
     def apply_copy_event(self, event: dict[str, Any]) -> None:
         state = str(event.get("s"))
@@ -199,5 +209,5 @@ class ViewSync:
             self.view.set_model(event["m"], await self.store.get_model_spec(event["m"]))
         elif kind == "lease":
             self.view.notify(event["m"])
-        elif kind == "route" and self.view.on_route_event:
-            self.view.on_route_event(event["r"])
+        elif kind == "route":
+            self.view.set_route(event["r"], await self.store.get_route(event["r"]))

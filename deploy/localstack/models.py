@@ -2,6 +2,9 @@
 
 Model `names[i]` takes `INPUT0` (FP32, dims [-1]) and returns `OUTPUT0 = INPUT0 + i` and `MODEL_NAME` (BYTES,
 shape [1], the model's name), so a response routed to the wrong model is visible at once.
+A model can also stall: with `stall_ms` and `stall_fraction`, each instance counts the requests it executes and
+sleeps `stall_ms` before answering request n when a hash of (`stall_seed`, instance, n) falls in the first
+`stall_fraction` of its range: a fixed, reproducible share of slow calls (the tail that hedging is for).
 With `load_log`, each model appends `"<name> <pid> <time>\\n"` to that file in `initialize` and
 `"<name> unload <pid> <time>\\n"` to `<load_log>.unload` in `finalize`, so tests can count the real loads
 and unloads on the server.
@@ -12,9 +15,10 @@ from __future__ import annotations
 import py_compile
 import re
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["demo_model_names", "model_offset", "write_model", "write_model_repository"]
+__all__ = ["Stall", "demo_model_names", "model_offset", "write_model", "write_model_repository"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -29,11 +33,12 @@ output [
   {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }},
   {{ name: "MODEL_NAME" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 """
 
 _MODEL_PY = """\
 # Written by deploy.localstack.models: a test model that shows which model answered.
+import hashlib
 import os
 import time
 
@@ -46,6 +51,9 @@ LOAD_LOG = {load_log!r}
 INITIALIZE_DELAY_S = {initialize_delay_s!r}
 EXECUTE_DELAY_S = {execute_delay_s!r}
 FAIL_INITIALIZE = {fail_initialize!r}
+STALL_S = {stall_s!r}
+STALL_FRACTION = {stall_fraction!r}
+STALL_SEED = {stall_seed!r}
 
 
 def _log(path, line):
@@ -53,8 +61,15 @@ def _log(path, line):
         f.write(line)
 
 
+def _stalls(instance, n):
+    digest = hashlib.blake2b(f"{{STALL_SEED}}:{{instance}}:{{n}}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < STALL_FRACTION * 2.0**64
+
+
 class TritonPythonModel:
     def initialize(self, args):
+        self.instance = args.get("model_instance_name", "")
+        self.executed = 0
         if INITIALIZE_DELAY_S:
             time.sleep(INITIALIZE_DELAY_S)
         if LOAD_LOG:
@@ -68,6 +83,9 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             if EXECUTE_DELAY_S:
                 time.sleep(EXECUTE_DELAY_S)
+            self.executed += 1
+            if STALL_S and _stalls(self.instance, self.executed):
+                time.sleep(STALL_S)
             out = pb_utils.Tensor("OUTPUT0", (x + OFFSET).astype(np.float32))
             name = pb_utils.Tensor("MODEL_NAME", np.array([NAME.encode()], dtype=np.object_))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out, name]))
@@ -77,6 +95,17 @@ class TritonPythonModel:
         if LOAD_LOG:
             _log(LOAD_LOG + ".unload", f"{{NAME}} unload {{os.getpid()}} {{time.time()}}\\n")
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A model that stalls `ms` milliseconds on `fraction` of its calls (decided by `seed`), with `instances`
+    model instances so that one stalled call doesn't hold up the others."""
+
+    ms: float
+    fraction: float
+    seed: int = 0
+    instances: int = 2
 
 
 def demo_model_names(count: int, prefix: str = "m") -> list[str]:
@@ -99,6 +128,7 @@ def write_model(
     initialize_delay_s: float = 0.0,
     execute_delay_s: float = 0.0,
     fail_initialize: bool = False,
+    stall: Stall | None = None,
 ) -> Path:
     """Write one test model, version 1, at `root/name`; returns its directory.
 
@@ -106,13 +136,13 @@ def write_model(
     sees the model's files as changed, and the next load request reloads the model instead of being a no-op.
 
     `initialize_delay_s` makes loads slow, `execute_delay_s` makes every request slow, and `fail_initialize`
-    makes every load fail (after the load-log line is written).
+    makes every load fail (after the load-log line is written). `stall` makes a share of the calls slow.
     """
     if not _NAME_RE.match(name):
         raise ValueError(f"model name {name!r} does not match {_NAME_RE.pattern}")
     model_dir = Path(root) / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(_CONFIG.format(name=name))
+    (model_dir / "config.pbtxt").write_text(_CONFIG.format(name=name, instances=stall.instances if stall else 1))
     (model_dir / "1" / "model.py").write_text(
         _MODEL_PY.format(
             name=name,
@@ -121,6 +151,9 @@ def write_model(
             initialize_delay_s=float(initialize_delay_s),
             execute_delay_s=float(execute_delay_s),
             fail_initialize=bool(fail_initialize),
+            stall_s=stall.ms / 1000 if stall else 0.0,
+            stall_fraction=stall.fraction if stall else 0.0,
+            stall_seed=stall.seed if stall else 0,
         )
     )
     py_compile.compile(
@@ -139,11 +172,12 @@ def write_model_repository(
     initialize_delay_s: Mapping[str, float] | None = None,
     execute_delay_s: Mapping[str, float] | None = None,
     failing: Collection[str] = (),
+    stalls: Mapping[str, Stall] | None = None,
 ) -> None:
     """Write one Python-backend test model per name under `root`; model `names[i]` adds `i` to its input.
 
-    The per-model options of `write_model` can be given by name: `initialize_delay_s`, `execute_delay_s`
-    and `failing` (models whose `initialize` raises).
+    The per-model options of `write_model` can be given by name: `initialize_delay_s`, `execute_delay_s`,
+    `failing` (models whose `initialize` raises) and `stalls`.
     """
     if len(set(names)) != len(names):
         raise ValueError("model names must be distinct")
@@ -157,4 +191,5 @@ def write_model_repository(
             initialize_delay_s=(initialize_delay_s or {}).get(name, 0.0),
             execute_delay_s=(execute_delay_s or {}).get(name, 0.0),
             fail_initialize=name in failing,
+            stall=(stalls or {}).get(name),
         )

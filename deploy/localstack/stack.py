@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from deploy.localstack.models import write_model_repository
+from deploy.localstack.models import Stall, write_model_repository
 from deploy.localstack.triton import TritonServer, free_port
 from gateway.embedded_redis import RedisServer
 
@@ -105,6 +105,7 @@ class LocalStack:
         tritons: int = 2,
         failing: Sequence[str] = (),
         execute_delay_s: dict[str, float] | None = None,
+        stalls: dict[str, Stall] | None = None,
         token: str = "local-admin-token",
     ) -> None:
         self.workdir = Path(workdir)
@@ -127,10 +128,16 @@ class LocalStack:
         self.gateways: list[GatewayProcess] = []
         self._failing = list(failing)
         self._delays = execute_delay_s or {}
+        self._stalls = stalls or {}
 
     def start(self) -> None:
         write_model_repository(
-            self.repo, self.model_names, load_log=self.load_log, failing=self._failing, execute_delay_s=self._delays
+            self.repo,
+            self.model_names,
+            load_log=self.load_log,
+            failing=self._failing,
+            execute_delay_s=self._delays,
+            stalls=self._stalls,
         )
         self.redis.start()
         for t in self.tritons:

@@ -150,3 +150,35 @@ async def test_one_channel_serves_concurrent_calls_and_closes(backend: Backend) 
     assert sorted(a.body for a in answers) == sorted(b"answer:" + bytes([i]) for i in range(50))
     await adapter.aclose()
     await adapter.aclose()  # twice is fine
+
+
+async def test_a_call_cancelled_mid_flight_is_cancelled_on_the_backend_and_the_channel_goes_on(
+    backend: Backend,
+) -> None:
+    """A hedge's loser over gRPC: cancelling the forward cancels the RPC (the backend's context sees it), and the
+    next call on the same channel gets its own answer."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stall_first(body: bytes, context: Any) -> bytes:
+        if body == b"stale":
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return b"answer:" + body
+
+    backend.answer = stall_first
+    adapter = TritonAdapter("t0", "http://127.0.0.1:1", grpc_url=backend.url)
+    try:
+        task = asyncio.create_task(adapter.forward(request(body=b"stale")))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(10):
+            await cancelled.wait()
+        assert (await adapter.forward(request(body=b"fresh"))).body == b"answer:fresh"
+    finally:
+        await adapter.aclose()

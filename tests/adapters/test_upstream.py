@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from adapters.errors import BackendTimeout, BackendUnavailable
+from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
 from adapters.upstream import UpstreamPool
 from deploy.localstack.triton import free_port
 
@@ -104,8 +104,41 @@ async def test_no_answer_in_time_is_a_backend_timeout(server) -> None:  # type: 
         await UpstreamPool("b", await server(silent)).request("POST", "/", [], b"{}", 0.2)
 
 
+async def test_a_request_cancelled_mid_flight_drops_its_connection(server) -> None:  # type: ignore[no-untyped-def]
+    """A hedge's loser is cancelled while its answer is still due: that answer must never reach the next request,
+    so the connection is closed, not put back in the pool."""
+    connections = 0
+    first_seen = asyncio.Event()
+
+    async def late_then_prompt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        mine = connections
+        while True:
+            try:
+                _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if mine == 1:
+                first_seen.set()
+                await asyncio.sleep(0.2)  # answers late, on a connection the client gave up
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    pool = UpstreamPool("b", await server(late_then_prompt))
+    task = asyncio.create_task(pool.request("POST", "/", [], b"stale", 5))
+    await first_seen.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for i in range(3):
+        assert (await pool.request("POST", "/", [], b"fresh%d" % i, 5)).body == b"fresh%d" % i
+    assert connections == 2  # the cancelled one was dropped; the next requests share one new connection
+    pool.close()
+
+
 async def test_refused_and_dropped_connections_are_backend_unavailable(server) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(BackendUnavailable, match="could not be reached"):
+    with pytest.raises(BackendRefused, match="could not be reached"):
         await UpstreamPool("b", f"http://127.0.0.1:{free_port()}").request("GET", "/", [], b"", 2)
 
     async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -12,17 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from deploy.localstack.models import demo_model_names
+from deploy.localstack.models import Stall, demo_model_names
 from deploy.localstack.stack import GatewayProcess, LocalStack
 
-MODELS = [*demo_model_names(40), "broken", "slow"]
+MODELS = [*demo_model_names(40), "broken", "slow", "stall"]
+# "stall" sleeps 1.5 s on a fifth of the calls each of its two instances executes (a reproducible share)
+STALL = Stall(ms=1500, fraction=0.2, seed=5, instances=2)
 TOKEN = "test-admin-token"
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir: Path = tmp_path_factory.mktemp("stack")
-    with LocalStack(workdir, MODELS, tritons=2, failing=["broken"], execute_delay_s={"slow": 1.0}, token=TOKEN) as s:
+    with LocalStack(
+        workdir,
+        MODELS,
+        tritons=2,
+        failing=["broken"],
+        execute_delay_s={"slow": 1.0},
+        stalls={"stall": STALL},
+        token=TOKEN,
+    ) as s:
         yield s
 
 

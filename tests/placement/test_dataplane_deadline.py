@@ -14,7 +14,7 @@ from gateway.dataplane import Call, DataPlane
 from gateway.errors import DeadlineExceeded
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from placement.records import ModelSpec
+from placement.records import ModelSpec, RouteSpec
 from tests.fakes import FakeAdapter, FakeBackend
 from tests.placement.conftest import MakePlacer, register
 
@@ -84,7 +84,6 @@ async def test_the_body_is_rewritten_only_when_another_model_answers(
     make_placer: MakePlacer,
     backends: dict[str, FakeBackend],
     sent: list[ForwardRequest],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dp = await dataplane(make_placer, backends, "m")
 
@@ -92,8 +91,8 @@ async def test_the_body_is_rewritten_only_when_another_model_answers(
         return body.replace(b"NAME", model.encode())
 
     await dp.call(Call("kserve-grpc", "/s/ModelInfer", "m", None, "ModelInfer", b"<NAME>", rewrite=rewrite))
-    # A route (not built yet) resolves to another model: the hook renames the body for the backend.
-    monkeypatch.setattr(dp, "resolve", lambda name: "m" if name == "route" else name)
+    # A route resolves to another model: the hook renames the body for the backend.
+    dp.placer.view.set_route("route", RouteSpec.parse("route", {"splits": [{"model": "m", "weight": 1}]}))
     answer = await dp.call(
         Call("kserve-grpc", "/s/ModelInfer", "route", None, "ModelInfer", b"<NAME>", rewrite=rewrite)
     )
