@@ -27,7 +27,7 @@ from typing import Any
 
 from adapters.base import ForwardResponse
 from adapters.errors import ModelyardError
-from adapters.tfserving_proto.wire import WireError, records
+from adapters.protowire import WireError, records
 from gateway.metrics import Metrics
 
 log = logging.getLogger("modelyard.shadows")
