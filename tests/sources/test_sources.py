@@ -3,6 +3,8 @@ Triton load sends (version policy, size bound), the config conversion and the lo
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from adapters.sources import FileSource, ModelSources, ModelTooLarge, S3Access, S3Source, SourceError, SourceSettings
-from adapters.triton_config import main, parse_config, versions_to_send
+from adapters.triton import _load_body
+from adapters.triton_config import IDENTITY_PARAMETER, SOURCE_PARAMETER, main, parse_config, versions_to_send
 from tests.sources.conftest import model_folder
 from tests.sources.s3server import MotoServer
 
@@ -111,6 +114,23 @@ async def test_a_model_over_the_upload_bound_fails_with_its_size_before_any_down
         async with s.files(f"file://{d}", 4000):
             pass
     assert s.downloads == 0
+
+
+async def test_the_load_body_is_the_json_triton_takes(tmp_path: Path) -> None:
+    d = model_folder(tmp_path, "body", 1.0)
+    (d / "1" / "blob.bin").write_bytes(os.urandom(3 * 256 * 1024 * 2 + 7))  # several chunks, not a multiple of 3
+    async with sources(tmp_path).files(f"file://{d}", 1 << 30) as files:
+        length, stream = _load_body("body", files)
+        body = b"".join([chunk async for chunk in stream])
+        assert len(body) == length
+        params = json.loads(body)["parameters"]
+        for rel, path, _ in files.files:
+            assert base64.b64decode(params[f"file:{rel}"]) == path.read_bytes()
+        config = json.loads(params["config"])
+        assert config["name"] == "body"
+        assert config["parameters"][SOURCE_PARAMETER] == {"string_value": f"file://{d}"}
+        assert config["parameters"][IDENTITY_PARAMETER] == {"string_value": files.identity}
+        assert config["input"][0]["dims"] == ["-1"]  # int64 as JSON strings: Triton 2.51 takes them
 
 
 def test_version_policies() -> None:
