@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters.sources import SourceSettings
 from placement.settings import PlacementSettings
 
 
@@ -19,3 +20,4 @@ class Settings:
     shutdown_grace: float = 30.0  # how long in-flight requests get to finish on SIGTERM
     log_level: str = "info"
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)  # model sources and their disk cache
