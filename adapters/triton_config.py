@@ -31,6 +31,8 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory, text_format
 
+from adapters.artifacts import write_or_check
+
 ARTIFACT = "triton_model_config.binpb"
 SOURCE_PARAMETER = "modelyard.source"
 IDENTITY_PARAMETER = "modelyard.source_identity"
@@ -111,18 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="only check that the committed artifact is up to date")
     args = parser.parse_args(argv)
-    path = Path(__file__).resolve().parent / ARTIFACT
-    fresh = _installed_descriptor()
-    if args.check:
-        parse = descriptor_pb2.FileDescriptorProto.FromString
-        if path.exists() and parse(path.read_bytes()) == parse(fresh):
-            print(f"{path} is up to date")
-            return 0
-        print(f"{path} differs from tritonclient's: run python -m adapters.triton_config", file=sys.stderr)
-        return 1
-    path.write_bytes(fresh)
-    print(f"wrote {path} ({len(fresh)} bytes)")
-    return 0
+    parse = descriptor_pb2.FileDescriptorProto.FromString
+    return write_or_check(
+        Path(__file__).resolve().parent / ARTIFACT,
+        _installed_descriptor(),
+        check=args.check,
+        same=lambda old, fresh: bool(parse(old) == parse(fresh)),
+        command="python -m adapters.triton_config",
+        note=", from tritonclient's model_config_pb2",
+    )
 
 
 if __name__ == "__main__":
