@@ -71,20 +71,16 @@ class MotoServer:
         command = [str(binary) if binary.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # The recorder's API is not an AWS action: probing it does not use up the unauthenticated calls.
+        probe = f"{self.url}/moto-api/recorder/download-recording"
         deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text()[-2000:]
-                raise RuntimeError(f"moto_server exited with {self.proc.returncode}: {tail}")
-            try:
-                # The recorder's API is not an AWS action: it does not use up the unauthenticated calls.
-                if httpx.get(f"{self.url}/moto-api/recorder/download-recording", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
+        while not _answers(probe):
+            exited = self.proc.poll()
+            late = time.monotonic() > deadline
+            if exited is not None or late:
                 self.stop()
-                raise RuntimeError(f"moto_server did not answer within {timeout:g} s")
+                why = f"exited with {exited}" if exited is not None else f"did not answer within {timeout:g} s"
+                raise RuntimeError(f"moto_server {why}: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.1)
         iam = boto3.client(
             "iam",
@@ -167,3 +163,10 @@ class MotoServer:
             elif r.is_listing:
                 c["list"] += 1
         return c
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

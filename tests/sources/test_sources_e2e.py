@@ -56,6 +56,18 @@ def load_attempts(gw: GatewayProcess, name: str) -> int:
     return sum(1 for line in gw.log_path.read_text().splitlines() if f"load of {name} on " in line and "failed" in line)
 
 
+def s3_model(moto: MotoServer, bucket: str, root: Path, name: str, offset: float, prefix: str, **kw: Any) -> str:
+    """Write a model folder under `root`, push it to `bucket` under `prefix`; returns its s3:// URI."""
+    moto.upload_dir(model_folder(root, name, offset, **kw), bucket, prefix)
+    return f"s3://{bucket}/{prefix}"
+
+
+def gateway_with_backends(stack: LocalStack, source_gateway: SourceGateway, *flags: str, **kw: Any) -> GatewayProcess:
+    gw = source_gateway(*flags, **kw)
+    register_backends(stack, 4)
+    return gw
+
+
 def triton_serves(stack: LocalStack, name: str) -> list[int]:
     return [i for i, t in enumerate(stack.tritons) if httpx.get(f"{t.url}/v2/models/{name}/ready").status_code == 200]
 
@@ -63,11 +75,9 @@ def triton_serves(stack: LocalStack, name: str) -> list[int]:
 def test_an_s3_model_is_loaded_from_the_files_the_gateway_sends(
     stack: LocalStack, source_gateway: SourceGateway, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
-    d = model_folder(tmp_path / "src", "s3-alpha", 7.0)
-    moto.upload_dir(d, bucket, "prod/s3-alpha")
-    gw = source_gateway()
-    register_backends(stack, 4)
-    put_model(stack, "s3-alpha", f"s3://{bucket}/prod/s3-alpha")
+    uri = s3_model(moto, bucket, tmp_path / "src", "s3-alpha", 7.0, "prod/s3-alpha")
+    gw = gateway_with_backends(stack, source_gateway)
+    put_model(stack, "s3-alpha", uri)
     moto.reset_recording()
     resp = infer(gw, "s3-alpha")
     assert answer(resp) == ("s3-alpha", 8.0)
@@ -76,7 +86,7 @@ def test_an_s3_model_is_loaded_from_the_files_the_gateway_sends(
     # Triton got it with the load call: its repository does not have it, its config names the source.
     assert "s3-alpha" not in {e.get("name") for e in httpx.post(f"{where.url}/v2/repository/index", json={}).json()}
     config = httpx.get(f"{where.url}/v2/models/s3-alpha/config").json()
-    assert config["parameters"]["modelyard.source"] == {"string_value": f"s3://{bucket}/prod/s3-alpha"}
+    assert config["parameters"]["modelyard.source"] == {"string_value": uri}
     assert moto.count(bucket, "prod/s3-alpha/")["get"] == 3  # config.pbtxt, model.py, model.pyc
     assert answer(infer(gw, "s3-alpha")) == ("s3-alpha", 8.0)
     backend = resp.headers["x-modelyard-backend"]
@@ -85,8 +95,7 @@ def test_an_s3_model_is_loaded_from_the_files_the_gateway_sends(
 
 def test_a_file_model_is_loaded_likewise(stack: LocalStack, source_gateway: SourceGateway, tmp_path: Path) -> None:
     d = model_folder(tmp_path / "src", "file-beta", 3.0)
-    gw = source_gateway()
-    register_backends(stack, 4)
+    gw = gateway_with_backends(stack, source_gateway)
     put_model(stack, "file-beta", f"file://{d}")
     assert answer(infer(gw, "file-beta")) == ("file-beta", 4.0)
 
@@ -94,11 +103,9 @@ def test_a_file_model_is_loaded_likewise(stack: LocalStack, source_gateway: Sour
 def test_a_second_backend_loads_the_model_from_the_disk_cache(
     stack: LocalStack, source_gateway: SourceGateway, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
-    d = model_folder(tmp_path / "src", "s3-twice", 2.0)
-    moto.upload_dir(d, bucket, "twice")
-    gw = source_gateway()
-    register_backends(stack, 4)
-    put_model(stack, "s3-twice", f"s3://{bucket}/twice", min_copies=2, max_copies=2)
+    uri = s3_model(moto, bucket, tmp_path / "src", "s3-twice", 2.0, "twice")
+    gw = gateway_with_backends(stack, source_gateway)
+    put_model(stack, "s3-twice", uri, min_copies=2, max_copies=2)
     moto.reset_recording()
     with stack.admin(gw) as admin:
         admin.post("/admin/models/s3-twice/load").raise_for_status()
@@ -115,14 +122,12 @@ def test_the_disk_cache_stays_within_its_bound(
     stack: LocalStack, source_gateway: SourceGateway, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
     names = [f"s3-many-{i}" for i in range(5)]
-    for i, name in enumerate(names):
-        moto.upload_dir(model_folder(tmp_path / "src", name, float(i)), bucket, f"many/{name}")
+    uris = [s3_model(moto, bucket, tmp_path / "src", name, float(i), f"many/{name}") for i, name in enumerate(names)]
     size = folder_bytes(tmp_path / "src" / names[0])
     bound = int(size * 2.5)  # room for two models
-    gw = source_gateway("--model-cache-bytes", str(bound))
-    register_backends(stack, 4)
-    for name in names:
-        put_model(stack, name, f"s3://{bucket}/many/{name}")
+    gw = gateway_with_backends(stack, source_gateway, "--model-cache-bytes", str(bound))
+    for name, uri in zip(names, uris, strict=True):
+        put_model(stack, name, uri)
     for i, name in enumerate(names):
         assert answer(infer(gw, name)) == (name, 1.0 + i)
         entries = tmp_path / "model-cache" / "entries"
@@ -137,10 +142,9 @@ def test_refresh_swaps_to_a_new_version_under_traffic_without_a_failed_request(
 ) -> None:
     src = tmp_path / "src"
     log = tmp_path / "swap-loads.log"
-    moto.upload_dir(model_folder(src, "s3-swap", 1.0, load_log=log), bucket, "swap")
-    gw = source_gateway()
-    register_backends(stack, 4)
-    put_model(stack, "s3-swap", f"s3://{bucket}/swap")
+    uri = s3_model(moto, bucket, src, "s3-swap", 1.0, "swap", load_log=log)
+    gw = gateway_with_backends(stack, source_gateway)
+    put_model(stack, "s3-swap", uri)
     assert answer(infer(gw, "s3-swap")) == ("s3-swap", 2.0)
 
     stop = threading.Event()
@@ -157,7 +161,7 @@ def test_refresh_swaps_to_a_new_version_under_traffic_without_a_failed_request(
         t.start()
     try:
         time.sleep(0.3)
-        moto.upload_dir(model_folder(src, "s3-swap", 100.0, version=2, load_log=log), bucket, "swap")
+        s3_model(moto, bucket, src, "s3-swap", 100.0, "swap", version=2, load_log=log)
         with stack.admin(gw) as admin:
             refreshed = admin.post("/admin/models/s3-swap/refresh")
         assert refreshed.status_code == 200, refreshed.text
@@ -186,8 +190,7 @@ def test_a_changed_source_is_picked_up_by_the_poll(
     stack: LocalStack, source_gateway: SourceGateway, tmp_path: Path
 ) -> None:
     d = model_folder(tmp_path / "src", "file-poll", 1.0)
-    gw = source_gateway("--source-poll-interval", "0.5")
-    register_backends(stack, 4)
+    gw = gateway_with_backends(stack, source_gateway, "--source-poll-interval", "0.5")
     put_model(stack, "file-poll", f"file://{d}")
     assert answer(infer(gw, "file-poll")) == ("file-poll", 2.0)
     model_folder(tmp_path / "src", "file-poll", 50.0, version=2)
@@ -209,8 +212,7 @@ def expect_unavailable(gw: GatewayProcess, stack: LocalStack, name: str, reason:
 def test_broken_sources_fail_their_loads_clearly_and_back_off(
     stack: LocalStack, source_gateway: SourceGateway, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
-    gw = source_gateway()
-    register_backends(stack, 4)
+    gw = gateway_with_backends(stack, source_gateway)
     nobucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
     put_model(stack, "s3-nobucket", f"s3://{nobucket}/m")
     put_model(stack, "s3-noprefix", f"s3://{bucket}/missing/model")
@@ -237,10 +239,10 @@ def test_broken_sources_fail_their_loads_clearly_and_back_off(
 def test_wrong_s3_credentials_fail_the_load_and_say_so(
     stack: LocalStack, source_gateway: SourceGateway, moto: MotoServer, bucket: str, tmp_path: Path
 ) -> None:
-    moto.upload_dir(model_folder(tmp_path / "src", "s3-creds", 1.0), bucket, "creds")
-    gw = source_gateway(env={"AWS_ACCESS_KEY_ID": "AKIAWRONGKEY0000", "AWS_SECRET_ACCESS_KEY": "wrong"})
-    register_backends(stack, 4)
-    put_model(stack, "s3-creds", f"s3://{bucket}/creds")
+    uri = s3_model(moto, bucket, tmp_path / "src", "s3-creds", 1.0, "creds")
+    wrong = {"AWS_ACCESS_KEY_ID": "AKIAWRONGKEY0000", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    gw = gateway_with_backends(stack, source_gateway, env=wrong)
+    put_model(stack, "s3-creds", uri)
     expect_unavailable(gw, stack, "s3-creds", "the store refused the gateway's AWS credentials")
     assert "InvalidAccessKeyId" in model_json(stack, "s3-creds")["last_error"]
 
@@ -250,7 +252,6 @@ def test_a_model_over_the_upload_bound_fails_with_its_size(
 ) -> None:
     d = model_folder(tmp_path / "src", "file-big", 1.0)
     (d / "1" / "weights.bin").write_bytes(b"\0" * 4096)
-    gw = source_gateway("--triton-upload-max-bytes", "4096")
-    register_backends(stack, 4)
+    gw = gateway_with_backends(stack, source_gateway, "--triton-upload-max-bytes", "4096")
     put_model(stack, "file-big", f"file://{d}")
     expect_unavailable(gw, stack, "file-big", "bytes, over the 4096 bytes a load may send to Triton")
