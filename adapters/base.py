@@ -30,7 +30,7 @@ Contract (edge cases included; placement relies on each line):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +90,12 @@ class RuntimeAdapter(Protocol):
     async def forward(self, request: ForwardRequest) -> ForwardResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SourceAware(Protocol):
+    """Optional, for adapters that send a model's files from its source themselves (Triton):
+    `source_changed(model)` is True when the copy loaded on the backend came from another version of the source
+    than the current one (so `refresh` would swap it), False when it is current or not loaded there."""
+
+    async def source_changed(self, model: LoadRequest) -> bool: ...

@@ -4,13 +4,25 @@ The backend must run with `--model-control-mode=explicit`. Model control goes th
 (`POST /v2/repository/models/{m}/load|unload`, `POST /v2/repository/index`); inference and metadata are
 forwarded byte for byte over HTTP ("kserve") or, as raw messages, over gRPC to `grpc_url` ("kserve-grpc").
 See `adapters.base` for the contract.
+
+A model with a `source` (`file:///dir`, `s3://bucket/prefix`) is loaded by content: its files come from the
+gateway's disk cache (`adapters.sources`) and go to Triton with the load call, as the repository API's overrides
+(`{"parameters": {"config": "<config JSON>", "file:1/model.py": "<base64>", ...}}`, streamed, never whole in
+memory), so Triton needs no access to the source. What Triton 2.51 does with such loads is in
+deploy/localstack/TRITON_FACTS.md, section h; in short:
+- the config must come with the files, as JSON; it carries the source's identity as a parameter, because Triton
+  reloads a loaded model only when its config or version folders change, never for changed file contents;
+- the model does not appear in the repository index: `loaded()` adds the models Triton reports statistics for,
+  and `unload` waits `content_unload_grace` after the model stopped being served (the only signal there is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +39,8 @@ from adapters.errors import (
 )
 from adapters.grpc_forward import GrpcForwarder
 from adapters.http_forward import make_client, send_raw
+from adapters.sources import ModelFiles, ModelSources, SourceError
+from adapters.triton_config import config_json, identity_of
 from adapters.upstream import UpstreamPool
 
 # Triton's words when it does not hold a model (checked against Triton 2.51; see deploy/localstack/TRITON_FACTS.md).
@@ -48,6 +62,9 @@ _GRPC_INVALID_ARGUMENT = 3
 _GRPC_NOT_LOADED_CODES = frozenset({_GRPC_NOT_FOUND, _GRPC_UNAVAILABLE})
 # States of a model in the repository index that still hold the backend's memory.
 _HOLDING_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
+# Bytes of a file read per step while streaming a load by content: a multiple of 3, so that the base64 of the
+# chunks, concatenated, is the base64 of the file.
+_UPLOAD_CHUNK = 3 * 256 * 1024
 
 
 class TritonAdapter:
@@ -64,8 +81,17 @@ class TritonAdapter:
         control_timeout: float = 30.0,
         client: httpx.AsyncClient | None = None,
         poll_interval: float = 0.02,
+        sources: ModelSources | None = None,
+        upload_max_bytes: int = 256 * 1024 * 1024,
+        content_unload_grace: float = 1.5,
     ) -> None:
+        """`sources` reads the files of models registered with a source; `upload_max_bytes` bounds what one load
+        sends; `content_unload_grace` is how long after unloading a model loaded by content the slot is still
+        taken (Triton shows no state for such a model; a Python-backend model's process exits ~1.1 s after)."""
         self.backend_id = backend_id
+        self.sources = sources
+        self.upload_max_bytes = upload_max_bytes
+        self.content_unload_grace = content_unload_grace
         self.url = url.rstrip("/")
         self.load_timeout = load_timeout
         self.control_timeout = control_timeout
@@ -86,9 +112,12 @@ class TritonAdapter:
         await self._client.aclose()
 
     async def _control(self, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
+        return await self._request("POST", path, timeout, json=body)
+
+    async def _request(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
         try:
-            return await self._client.post(
-                f"{self.url}{path}", json=body, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
+            return await self._client.request(
+                method, f"{self.url}{path}", timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), **kwargs
             )
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
@@ -101,16 +130,73 @@ class TritonAdapter:
             ) from exc
 
     async def load(self, model: LoadRequest) -> None:
-        path = f"/v2/repository/models/{model.name}/load"
-        resp = await self._control(path, {}, self.load_timeout)
+        path = f"/v2/repository/models/{quote(model.name, safe='')}/load"
+        if model.source is None:
+            resp = await self._control(path, {}, self.load_timeout)
+        else:
+            sent = await self._load_by_content(path, model.name, model.source)
+            if sent is None:
+                return  # loaded here already, from the source as it is now
+            resp = sent
         if resp.status_code != 200:
+            text = _error_text(resp)
+            if model.source is not None and "failed to poll from model repository" in text:
+                text += " (Triton refused the files sent with the load; its log has the reason)"
+            raise BackendLoadError(f"backend {self.backend_id} failed to load {model.name!r}: {text}", self.backend_id)
+
+    async def _load_by_content(self, path: str, name: str, source: str) -> httpx.Response | None:
+        """Send the model's files with the load call; None when the copy loaded here is already current (Triton
+        would answer the same load with a no-op, but the files would still travel)."""
+        if self.sources is None:
             raise BackendLoadError(
-                f"backend {self.backend_id} failed to load {model.name!r}: {_error_text(resp)}",
+                f"backend {self.backend_id} cannot load {name!r} from {source}: this adapter has no model sources",
                 self.backend_id,
             )
+        try:
+            listing = await self.sources.listing(source)
+            if await self._loaded_identity(name) == listing.identity():
+                return None
+            async with self.sources.files(source, self.upload_max_bytes, listing=listing) as files:
+                length, body = _load_body(name, files)
+                return await self._request(
+                    "POST",
+                    path,
+                    self.load_timeout,
+                    content=body,
+                    headers={"content-type": "application/json", "content-length": str(length)},
+                )
+        except SourceError as exc:
+            raise BackendLoadError(f"model {name!r} could not be read from its source: {exc}", self.backend_id) from exc
+
+    async def source_changed(self, model: LoadRequest) -> bool:
+        """Whether the copy loaded here came from another version of the model's source than the current one.
+        False when the model is not loaded here (nothing to refresh). Raises `SourceError` when the source can't
+        be listed, `BackendError` when Triton can't be asked."""
+        if model.source is None or self.sources is None:
+            return False
+        loaded = await self._loaded_identity(model.name)
+        if loaded is None:
+            return False
+        current = (await self.sources.listing(model.source)).identity()
+        return loaded != current
+
+    async def _loaded_identity(self, name: str) -> str | None:
+        """The source identity of the copy of `name` Triton serves now (None: not served, or not from a source)."""
+        resp = await self._request("GET", f"/v2/models/{quote(name, safe='')}/config", self.control_timeout)
+        if resp.status_code != 200:
+            return None
+        try:
+            data = resp.json()
+        except ValueError:
+            return None
+        return identity_of(data) if isinstance(data, dict) else None
 
     async def unload(self, name: str) -> None:
-        resp = await self._control(f"/v2/repository/models/{name}/unload", {}, self.control_timeout)
+        quoted = quote(name, safe="")
+        # A model loaded by content has no entry in the repository index: whether it was being served before the
+        # unload is all there is to know about it.
+        served = (await self._request("GET", f"/v2/models/{quoted}/ready", self.control_timeout)).status_code == 200
+        resp = await self._control(f"/v2/repository/models/{quoted}/unload", {}, self.control_timeout)
         if resp.status_code != 200:
             text = _error_text(resp)
             if not _means_not_loaded(text):
@@ -119,7 +205,14 @@ class TritonAdapter:
                 )
         # Triton may answer before the model's instances are gone; the slot is only free once they are.
         deadline = time.monotonic() + self.control_timeout
-        while await self._holds(name):
+        while True:
+            entry = await self._index_entry(name)
+            if entry is None:
+                if served:
+                    await asyncio.sleep(self.content_unload_grace)
+                return
+            if entry.get("state") not in _HOLDING_STATES:
+                return
             if time.monotonic() > deadline:
                 raise BackendTimeout(
                     f"backend {self.backend_id} still holds {name!r} {self.control_timeout:g} s after unload",
@@ -136,15 +229,26 @@ class TritonAdapter:
         data = resp.json()
         return data if isinstance(data, list) else []
 
-    async def _holds(self, name: str) -> bool:
-        for entry in await self._index():
-            if entry.get("name") == name and entry.get("state") in _HOLDING_STATES:
-                return True
-        return False
+    async def _index_entry(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in await self._index() if e.get("name") == name), None)
 
     async def loaded(self) -> set[str]:
-        """Models that hold memory on the backend now: ready, loading or still unloading."""
-        return {e["name"] for e in await self._index() if e.get("state") in _HOLDING_STATES and "name" in e}
+        """Models that hold memory on the backend now: ready, loading or still unloading in the repository index,
+        and the models loaded by content, which only Triton's statistics list (while they are served)."""
+        held = {e["name"] for e in await self._index() if e.get("state") in _HOLDING_STATES and "name" in e}
+        resp = await self._request("GET", "/v2/models/stats", self.control_timeout)
+        if resp.status_code in (404, 501):
+            return held  # a KServe server without Triton's statistics extension (nor loads by content, then)
+        if resp.status_code != 200:
+            raise BackendError(
+                f"backend {self.backend_id} model statistics failed: {_error_text(resp)}", self.backend_id
+            )
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        stats = data.get("model_stats", []) if isinstance(data, dict) else []
+        return held | {str(m["name"]) for m in stats if isinstance(m, dict) and "name" in m}
 
     async def healthy(self) -> bool:
         # Liveness, not readiness: Triton's /v2/health/ready answers 400 while any model is loading or
@@ -231,3 +335,31 @@ def _error_text(resp: httpx.Response) -> str:
 def _means_not_loaded(text: str) -> bool:
     low = text.lower()
     return any(marker in low for marker in _NOT_LOADED_MARKERS)
+
+
+def _load_body(name: str, files: ModelFiles) -> tuple[int, AsyncIterator[bytes]]:
+    """The load request's JSON body, `{"parameters": {"config": ..., "file:<path>": "<base64>", ...}}`, as its
+    length and a stream of its bytes: each file is read from the cache and base64-encoded chunk by chunk."""
+    config = config_json(files.config, name, files.uri, files.identity)
+    head = b'{"parameters":{"config":' + json.dumps(config).encode()
+    keys = [(b"," + json.dumps(f"file:{rel}").encode() + b':"', path, size) for rel, path, size in files.files]
+    length = len(head) + sum(len(k) + 4 * ((size + 2) // 3) + 1 for k, _, size in keys) + 2
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield head
+        for key, path, size in keys:
+            yield key
+            sent = 0
+            f = await asyncio.to_thread(open, path, "rb")
+            try:
+                while chunk := await asyncio.to_thread(f.read, _UPLOAD_CHUNK):
+                    sent += len(chunk)
+                    yield base64.b64encode(chunk)
+            finally:
+                f.close()
+            if sent != size:
+                raise SourceError(f"cache file {path} changed while it was being sent ({sent} bytes, {size} expected)")
+            yield b'"'
+        yield b"}}"
+
+    return length, stream()

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapters.base import RuntimeAdapter
 from adapters.factory import make_adapter
+from adapters.sources import ModelSources
 from gateway.admin import build_admin_app
 from gateway.dataplane import DataPlane
 from gateway.grpc_dataplane import GrpcDataPlane
@@ -26,6 +27,7 @@ from placement.records import BackendSpec
 from placement.registry import Registry
 from placement.routes import RouteRegistry
 from placement.served import ServedLists
+from placement.source_poll import SourcePoller
 from placement.store import RedisStore
 
 log = logging.getLogger("modelyard")
@@ -43,13 +45,17 @@ class Gateway:
         self.settings = settings
         self.redis = redis_client
         self.clock = clock or SystemClock()
+        # Model sources: one disk cache and one S3 client for all of this gateway's Triton adapters.
+        self.sources = ModelSources(settings.sources)
         self.store = RedisStore(redis_client, settings.placement.redis_prefix)
         self.placer = Placer(self.store, self._adapter, settings.placement, self.clock)
         self.served = ServedLists(self.store, self.placer.view, settings.placement.lease_ttl)
         self.registry = Registry(self.placer)
         self.routes = RouteRegistry(self.registry)
+        self.source_poller = SourcePoller(self.registry, settings.sources.poll_interval)
         self.metrics = Metrics(registry or CollectorRegistry())
         self.metrics.watch("placement", self._placement_metrics)
+        self.metrics.watch("sources", self._source_metrics)
         self.placer.loader.events.on_load = self.metrics.load_seconds.observe
         self.placer.loader.events.on_eviction = self.metrics.eviction_idle.observe
         self.dataplane = DataPlane(self.placer, settings, self.metrics)
@@ -67,6 +73,7 @@ class Gateway:
             self.settings.placement.load_timeout,
             lists=self.served,
             model_base_path=spec.model_base_path,
+            sources=self.sources,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,6 +85,7 @@ class Gateway:
     async def start(self) -> None:
         """Sync with Redis (retrying until it answers) and start the background work."""
         await self.placer.start()
+        self.source_poller.start()
         self.dataplane.ready = True
         log.info(
             "placement synced with Redis: %d backends, %d models",
@@ -94,8 +102,21 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         await self.dataplane.aclose()
+        await self.source_poller.stop()
         await self.placer.stop()
         await self.redis.aclose()
+
+    def _source_metrics(self) -> Iterator[Any]:
+        cache = self.sources.cache
+        for name, value, doc in (
+            ("modelyard_source_downloads", self.sources.downloads, "Files downloaded from model sources."),
+            ("modelyard_source_downloaded_bytes", self.sources.downloaded_bytes, "Bytes downloaded from sources."),
+            ("modelyard_model_cache_hits", cache.hits, "Loads from a source served by the disk cache."),
+            ("modelyard_model_cache_misses", cache.misses, "Loads from a source that filled the disk cache."),
+            ("modelyard_model_cache_evictions", cache.evictions, "Entries this gateway evicted from the cache."),
+            ("modelyard_source_refreshes", self.source_poller.refreshes, "Refreshes the source poll started."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
     def _placement_metrics(self) -> Iterator[Any]:
         ev = self.placer.loader.events

@@ -8,6 +8,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+from adapters.sources import SourceSettings, default_cache_dir
 from gateway.settings import Settings
 from placement.settings import PlacementSettings
 
@@ -51,6 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--shutdown-grace", "MODELYARD_SHUTDOWN_GRACE", "30", float, "seconds in-flight requests get on SIGTERM")
     add("--log-level", "MODELYARD_LOG_LEVEL", "info", help="debug, info, warning, error")
+    # Model sources (file:///dir, s3://bucket/prefix): see docs/operations.md, "Model sources".
+    add("--model-cache-dir", "MODELYARD_MODEL_CACHE_DIR", default_cache_dir(), help="disk cache of model files")
+    add(
+        "--model-cache-bytes",
+        "MODELYARD_MODEL_CACHE_BYTES",
+        str(10 * 1024**3),
+        int,
+        "bound of the model file cache (least recently used out first)",
+    )
+    add(
+        "--s3-endpoint-url",
+        "MODELYARD_S3_ENDPOINT_URL",
+        None,
+        help="S3-compatible store (MinIO, ...); absent: boto3's own (AWS_ENDPOINT_URL, or AWS)",
+    )
+    add(
+        "--triton-upload-max-bytes",
+        "MODELYARD_TRITON_UPLOAD_MAX_BYTES",
+        str(256 * 1024**2),
+        int,
+        "largest model (sum of its files) sent to Triton with a load call",
+    )
+    add(
+        "--source-poll-interval",
+        "MODELYARD_SOURCE_POLL_INTERVAL",
+        "0",
+        float,
+        "seconds between looks for changed model sources (refreshed when changed); 0: off",
+    )
     return parser
 
 
@@ -65,6 +95,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"modelyard: --{name.replace('_', '-')} must be a port number, got {port}")
     if args.load_timeout <= 0 or args.backend_timeout <= 0 or args.max_body_bytes <= 0:
         raise SystemExit("modelyard: --load-timeout, --backend-timeout and --max-body-bytes must be positive")
+    if args.model_cache_bytes <= 0 or args.triton_upload_max_bytes <= 0 or args.source_poll_interval < 0:
+        raise SystemExit(
+            "modelyard: --model-cache-bytes and --triton-upload-max-bytes must be positive, "
+            "--source-poll-interval at least 0"
+        )
     return Settings(
         host=args.host,
         http_port=args.http_port,
@@ -81,6 +116,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             lease_ttl=args.lease_ttl,
             usage_flush_interval=args.usage_flush_interval,
             scale_up_rate=args.copy_scale_up_rate,
+        ),
+        sources=SourceSettings(
+            cache_dir=args.model_cache_dir,
+            cache_bytes=args.model_cache_bytes,
+            s3_endpoint_url=args.s3_endpoint_url or None,
+            triton_upload_max_bytes=args.triton_upload_max_bytes,
+            poll_interval=args.source_poll_interval,
         ),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters.sources import SourceSettings
 from placement.settings import PlacementSettings
 
 
@@ -27,3 +28,4 @@ class Settings:
     retry_budget_percent: float = 20.0  # retries in flight: at most this share of the requests in flight...
     retry_budget_min: int = 5  # ... or this many, whichever is larger
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)  # model sources and their disk cache

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+from adapters.artifacts import write_or_check
+
 HERE = Path(__file__).resolve().parent
 ARTIFACT = HERE / "descriptors.binpb"
 
@@ -57,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         fresh = Path(tmp) / ARTIFACT.name
         compile_descriptor_set(fresh)
         data = fresh.read_bytes()
-    if args.check:
-        if ARTIFACT.exists() and same_descriptors(ARTIFACT.read_bytes(), data):
-            print(f"{ARTIFACT} is up to date")
-            return 0
-        print(f"{ARTIFACT} is out of date: run python -m adapters.tfserving_proto.build", file=sys.stderr)
-        return 1
-    ARTIFACT.write_bytes(data)
-    print(f"wrote {ARTIFACT} ({len(data)} bytes, from {', '.join(proto_files())})")
-    return 0
+    return write_or_check(
+        ARTIFACT,
+        data,
+        check=args.check,
+        same=same_descriptors,
+        command="python -m adapters.tfserving_proto.build",
+        note=f", from {', '.join(proto_files())}",
+    )
 
 
 if __name__ == "__main__":

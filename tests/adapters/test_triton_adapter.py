@@ -93,7 +93,7 @@ async def test_unload_returns_only_when_the_index_no_longer_holds_the_model() ->
 
     def handle(r: httpx.Request) -> httpx.Response:
         nonlocal index_calls
-        if r.url.path.endswith("/unload"):
+        if r.url.path.endswith("/unload") or r.url.path.endswith("/ready"):
             return httpx.Response(200)
         index_calls += 1
         return httpx.Response(200, content=json.dumps([{"name": "m", "version": "1", "state": next(states)}]))
