@@ -64,10 +64,14 @@ async def race(
 
 
 class HedgeBudget:
-    """Hedges at most `percent` of the requests counted in the last `window` seconds (buckets of window/10)."""
+    """Hedges at most `percent` of the requests counted in the last `window` seconds (buckets of window/10), or
+    `minimum` hedges per window, whichever is larger: without a floor, the first stalls after a quiet spell and
+    every stall of a model with little traffic would never be hedged, while a floor of one hedge per window
+    can't add more than that much load when every copy is slow."""
 
-    def __init__(self, clock: Clock, window: float = 10.0, buckets: int = 10) -> None:
+    def __init__(self, clock: Clock, window: float = 10.0, buckets: int = 10, minimum: int = 1) -> None:
         self.clock = clock
+        self.minimum = minimum
         self.width = window / buckets
         self.buckets = buckets
         self._slots: collections.deque[list[int]] = collections.deque()  # [bucket index, requests, hedges]
@@ -93,7 +97,7 @@ class HedgeBudget:
     def try_hedge(self, percent: float) -> bool:
         """Take one hedge if the window's hedges stay within `percent` of its requests."""
         slot = self._advance()
-        if (self.hedges + 1) * 100 > percent * self.requests:
+        if self.hedges + 1 > self.minimum and (self.hedges + 1) * 100 > percent * self.requests:
             return False
         slot[2] += 1
         self.hedges += 1

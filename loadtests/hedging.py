@@ -113,6 +113,8 @@ def counters(stack: LocalStack, gw: GatewayProcess) -> dict[str, float]:
     return {
         "hedges_per_request": gateway_counter(gw, 'modelyard_hedges_total{result="sent"}'),
         "hedges_won_per_request": gateway_counter(gw, 'modelyard_hedges_total{result="won"}'),
+        "hedges_refused_per_request": gateway_counter(gw, 'modelyard_hedges_total{result="refused_budget"}'),
+        "hedges_no_copy_per_request": gateway_counter(gw, 'modelyard_hedges_total{result="no_copy"}'),
         "triton_executions_per_request": triton_executions(stack),
     }
 

@@ -120,8 +120,20 @@ def test_the_hedge_budget_allows_its_share_of_the_window_and_no_more() -> None:
     assert not budget.try_hedge(5.0)
     assert (budget.requests, budget.hedges) == (100, 5)
     clock.advance(20.0)
-    assert not budget.try_hedge(5.0)  # an empty window allows nothing: hedges are a share of requests
-    assert (budget.requests, budget.hedges) == (0, 0)
+    # An empty window allows its floor of one hedge (the first stall after a quiet spell), and no more.
+    assert [budget.try_hedge(5.0) for _ in range(3)] == [True, False, False]
+    assert (budget.requests, budget.hedges) == (0, 1)
+
+
+def test_a_model_with_little_traffic_gets_one_hedge_per_window() -> None:
+    clock = FakeClock()
+    budget = HedgeBudget(clock, window=10.0)
+    hedges = 0
+    for _ in range(60):  # one request every 2 s for 2 minutes, every one slow
+        budget.request()
+        hedges += budget.try_hedge(5.0)
+        clock.advance(2.0)
+    assert hedges == 12  # one per 10 s window: 5% of 60 requests would have allowed none
 
 
 def test_with_every_request_slow_hedges_stay_within_the_budget() -> None:
