@@ -35,9 +35,11 @@ from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable, 
 from gateway.errors import BadRequest, DeadlineExceeded
 from gateway.hedging import HedgeBudget, LatencyWindow, RetryBudget, race
 from gateway.metrics import Metrics
+from gateway.observe import Observer
 from gateway.routing import HeaderLookup, Router, no_headers
 from gateway.settings import Settings
 from gateway.shadows import ShadowJob, Shadows
+from gateway.tracing import Tracing
 from placement.errors import UnknownModel
 from placement.placer import Placer
 from placement.records import HedgePolicy, RouteSpec
@@ -98,13 +100,22 @@ class Answer:
 
 
 class DataPlane:
-    def __init__(self, placer: Placer, settings: Settings, metrics: Metrics, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        placer: Placer,
+        settings: Settings,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+        obs: Observer | None = None,
+    ) -> None:
         self.placer = placer
         self.settings = settings
         self.metrics = metrics
         self.ready = False  # set once placement has its first view of Redis
-        self._hit = metrics.placement.labels("hit")
-        self._miss = metrics.placement.labels("miss")
+        # Metrics, spans and log lines of each request (gateway.observe); `tracing.span(...)` for code that adds
+        # spans of its own.
+        self.obs = obs or Observer(metrics)
+        self.tracing: Tracing = self.obs.tracing
         self.rng = rng or random.Random()
         self.router = Router(self.rng)
         self.shadows = Shadows(placer.warm_backend, metrics, settings.shadow_queue, settings.shadow_concurrency)
@@ -130,6 +141,7 @@ class DataPlane:
     async def call(self, call: Call) -> Answer:
         route = self.placer.view.routes.get(call.name)
         model = self.resolve(call.name, call.header)
+        self.obs.resolved(call.name, model)
         self._check_protocol(call, model)
         spec = self.placer.model(model)
         policy = route.hedge if route is not None and route.hedge is not None else spec.hedge if spec else None
@@ -150,7 +162,7 @@ class DataPlane:
         if backend is None:
             backend = await self._cold(model, call.deadline)
         else:
-            self._hit.inc()
+            self.obs.hit(model, backend)
         hedged = False
         try:
             if policy is not None and not cold and call.op in REPEATABLE_OPS:
@@ -267,26 +279,27 @@ class DataPlane:
         raise BadRequest(f"model {model!r} runs on {spec.runtime}; call it with its own API: {how}")
 
     async def _cold(self, model: str, deadline: float | None) -> str:
+        with self.obs.cold(model) as wait:
+            wait.backend = await self._wait_for_load(model, deadline)
+            return wait.backend
+
+    async def _wait_for_load(self, model: str, deadline: float | None) -> str:
+        if deadline is None:
+            return await self.placer.ensure(model)
+        # The load is shielded inside `ensure`: when the deadline ends this wait, the load goes on.
         started = time.perf_counter()
-        self._miss.inc()
+        timeout = asyncio.timeout_at(deadline)
         try:
-            if deadline is None:
+            async with timeout:
                 return await self.placer.ensure(model)
-            # The load is shielded inside `ensure`: when the deadline ends this wait, the load goes on.
-            timeout = asyncio.timeout_at(deadline)
-            try:
-                async with timeout:
-                    return await self.placer.ensure(model)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                raise DeadlineExceeded(
-                    f"the client's deadline passed while model {model!r} was loading "
-                    f"(waited {time.perf_counter() - started:.3g} s); the load goes on, so a later request "
-                    "will find it sooner or ready: retry, or give the call a longer deadline"
-                ) from None
-        finally:
-            self.metrics.cold_wait.observe(time.perf_counter() - started)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise DeadlineExceeded(
+                f"the client's deadline passed while model {model!r} was loading "
+                f"(waited {time.perf_counter() - started:.3g} s); the load goes on, so a later request "
+                "will find it sooner or ready: retry, or give the call a longer deadline"
+            ) from None
 
     async def _forward(self, call: Call, model: str, backend: str) -> ForwardResponse:
         timeout = self.settings.backend_timeout
@@ -313,9 +326,13 @@ class DataPlane:
         usage = self.placer.usage
         usage.start(model, backend)
         try:
-            return await self.placer.adapter(backend).forward(
-                ForwardRequest(call.protocol, call.method, model, call.version, call.op, body, call.headers, timeout)
-            )
+            with self.obs.backend_call(call.protocol, call.op, model, backend, call.headers) as sent:
+                request = ForwardRequest(
+                    call.protocol, call.method, model, call.version, call.op, body, sent.headers, timeout
+                )
+                resp = await self.placer.adapter(backend).forward(request)
+                sent.status = resp.status
+                return resp
         finally:
             usage.finish(model, backend)
 
