@@ -36,7 +36,8 @@ from placement.store import RedisStore
 from placement.tasks import sleep_or_stop, stop_task
 
 log = logging.getLogger("modelyard")
-METRICS_TICK = 10.0  # seconds between re-rankings of labelled names and snapshots of per-backend counts
+METRICS_TICK = 10.0  # seconds between snapshots of per-backend counts (the placement page's rates)
+RELABEL_EVERY = 6  # ticks between re-rankings of the names that get their own metric labels (a minute)
 
 
 class Gateway:
@@ -145,14 +146,17 @@ class Gateway:
             yield CounterMetricFamily(name, doc, value=value)
 
     async def _tick(self) -> None:
-        """Every `METRICS_TICK` seconds: re-rank the names that get their own metric labels, and take a snapshot
-        of the per-backend counts for the placement page's per-minute rates."""
+        """Every `METRICS_TICK` seconds a snapshot of the per-backend counts for the placement page's per-minute
+        rates; every `RELABEL_EVERY` ticks, a re-ranking of the names that get their own metric labels."""
+        ticks = 0
         while not await sleep_or_stop(self._stop, METRICS_TICK):
+            ticks += 1
             try:
-                dropped = self.metrics.rebalance()
-                if dropped:
-                    log.debug("metrics: %d names lost their own label to busier ones", len(dropped))
                 self.stats.snapshot()
+                if ticks % RELABEL_EVERY == 0:
+                    dropped = self.metrics.rebalance()
+                    if dropped:
+                        log.debug("metrics: %d names lost their own label to busier ones", len(dropped))
             except Exception:  # a bug here must not stop the loop
                 log.exception("metrics tick failed")
 

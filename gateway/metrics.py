@@ -72,14 +72,15 @@ class NameLabels:
     """The label value of each model (or route) name: itself when chosen, else `_other`.
 
     The warm path calls `label` (one dict lookup) and `count` (one dict update). While fewer than `top` names
-    were chosen by traffic, a name seen for the first time takes a free place at once; `rebalance`, run
-    periodically, ranks names by traffic (halved at each run, so the ranking follows the current traffic) and
-    lets an outsider replace the weakest member only when it has clearly more traffic (1.5x), so two names of
-    similar traffic don't swap places at every run. Names that lose their place go to `on_forget` (their series
-    are removed).
+    were chosen by traffic, a name seen for the first time takes a free place at once; `rebalance`, run every
+    minute or so, ranks names by traffic (halved at each run, so the ranking follows the current traffic) and
+    lets an outsider replace the weakest member only when it has clearly more traffic (twice as much, and
+    `MIN_LEAD` requests more), so names of similar traffic don't swap places (and make new series) at every run.
+    Names that lose their place go to `on_forget`: their series are removed, so churn doesn't add up.
     """
 
-    MARGIN = 1.5
+    MARGIN = 2.0
+    MIN_LEAD = 10.0
     DECAY = 0.5
 
     def __init__(self, policy: LabelPolicy) -> None:
@@ -128,7 +129,7 @@ class NameLabels:
                 continue
             if len(self._top) < self.policy.top:
                 self._admit(name)
-            elif weakest and score[name] > self.MARGIN * score.get(weakest[0], 0.0):
+            elif weakest and score[name] > self.MARGIN * score.get(weakest[0], 0.0) + self.MIN_LEAD:
                 out = weakest.pop(0)
                 self._top.discard(out)
                 del self._own[out]

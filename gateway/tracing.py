@@ -37,6 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 T = TypeVar("T")
 PROPAGATED = ("traceparent", "tracestate")
+JOINED = {"modelyard.link": "joined_load"}
 _INVALID = NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
 
 
@@ -49,6 +50,8 @@ class Tracing:
         )
         self.propagator = TraceContextTextMapPropagator()
         self._loads: dict[str, SpanContext] = {}  # model -> span of the load under way in this process
+        # Spans of requests that joined a load whose task had not started yet: linked when its span starts.
+        self._early: dict[str, list[Span]] = {}
 
     # -- front ends ------------------------------------------------------------------------------------
     def start_server(self, name: str, incoming: Mapping[str, str], attributes: dict[str, Any]) -> tuple[Span, object]:
@@ -98,7 +101,9 @@ class Tracing:
         """Run one coalesced load inside its span. The load's task was created in the context of the request
         that started it, so the span is a child of that request's placement span."""
         with self.tracer.start_as_current_span("modelyard.load", attributes={"modelyard.model": model}) as span:
-            self._loads[model] = span.get_span_context()
+            self._loads[model] = ctx = span.get_span_context()
+            for joiner in self._early.pop(model, ()):
+                joiner.add_link(ctx, JOINED)
             try:
                 return await load
             finally:
@@ -107,8 +112,11 @@ class Tracing:
     def joined(self, model: str) -> None:
         """A request joined the load under way: its current span (placement) links to the load's span."""
         load = self._loads.get(model)
+        span = trace.get_current_span()
         if load is not None:
-            trace.get_current_span().add_link(load, {"modelyard.link": "joined_load"})
+            span.add_link(load, JOINED)
+        elif span.is_recording():  # the load's task has not run yet: link when its span starts
+            self._early.setdefault(model, []).append(span)
 
     @staticmethod
     def event(name: str, attributes: dict[str, Any]) -> None:
