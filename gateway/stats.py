@@ -25,7 +25,7 @@ class BackendStats:
         every: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        recent: int = 30,
+        recent: int = 20,
     ) -> None:
         self.window = window
         self.wall = wall

@@ -31,6 +31,9 @@ main{padding:1em 1.2em} .summary{display:flex;flex-wrap:wrap;gap:.6em;margin-bot
 .bar{height:8px;background:#eef1f5;border-radius:4px;overflow:hidden;margin:.3em 0}
 .bar i{display:block;height:100%;background:#3b82f6} .bar i.full{background:var(--warn)}
 .meta{color:var(--dim);font-size:.85em;display:flex;justify-content:space-between;gap:.5em;flex-wrap:wrap}
+.stats{display:grid;grid-template-columns:repeat(3,1fr);gap:.4em;margin:.5em 0 .2em;text-align:center}
+.stats div{background:#f6f7f9;border-radius:5px;padding:.25em} .stats b{display:block;font-size:1.1em}
+.stats span{color:var(--dim);font-size:.78em}
 table{border-collapse:collapse;width:100%;margin-top:.5em;font-size:.9em}
 th{text-align:left;color:var(--dim);font-weight:500;border-bottom:1px solid var(--line);padding:2px 4px}
 td{padding:2px 4px;border-bottom:1px solid #f0f2f4} td.n{color:var(--dim);width:1.8em;text-align:right}
@@ -40,13 +43,18 @@ tr.lru td{background:#fffbe6} .empty{color:var(--dim);font-style:italic;padding:
 section.activity{margin-top:1.2em} section.activity h3{font-size:1em;margin:.2em 0}
 ul.events{list-style:none;padding:0;margin:0;font-size:.9em} ul.events li{padding:1px 0}
 ul.events .t{color:var(--dim);font-variant-numeric:tabular-nums;margin-right:.6em}
-.hot{color:var(--bad);font-weight:600}
+.hot{color:var(--bad);font-weight:600} .note{color:var(--dim);font-size:.85em;margin:.8em 0 0}
+.banner{background:#fdecea;border:1px solid #f5c2c0;color:#8e1b1b;border-radius:6px;padding:.5em .8em;margin-bottom:1em}
+.banner:empty{display:none}
 </style></head><body>
 <header><h1>modelyard placement</h1><span class="dim" id="gw"></span><span id="status" class="dim">loading...</span>
 </header>
 <main>
 <div class="summary" id="summary"></div>
+<div class="banner" id="banner"></div>
 <div class="grid" id="backends"></div>
+<p class="note">Models most recently used first. Highlighted: the least recently used ready copy of a full backend,
+the next to be evicted when a cold model needs room (unless it is pinned or busy).</p>
 <section class="activity"><h3>Recent loads and evictions (this gateway)</h3><ul class="events" id="events"></ul>
 </section>
 </main>
@@ -115,11 +123,12 @@ function render(placement, stats) {
     if (b.capacity.memory_bytes) capText += " \\u00b7 " + (b.used.memory_bytes / 2 ** 30).toFixed(2) + " / " +
       (b.capacity.memory_bytes / 2 ** 30).toFixed(2) + " GiB";
     card.append(el("div", {class: "meta"}, el("span", {"data-capacity": ""}, capText)), bar);
-    card.append(el("div", {class: "meta"},
-      el("span", {}, "hit ratio ", el("b", {}, pct(st.hit_ratio))),
-      el("span", {}, el("b", {}, rate(st.loads_per_minute)), " loads/min"),
-      el("span", {}, el("b", {class: st.evictions_per_minute > 0 ? "hot" : null}, rate(st.evictions_per_minute)),
-         " evictions/min")));
+    const stat = (key, value, label, hot) =>
+      el("div", {}, el("b", {"data-stat": key, class: hot ? "hot" : null}, value), el("span", {}, label));
+    card.append(el("div", {class: "stats"},
+      stat("hit_ratio", pct(st.hit_ratio), "hit ratio"),
+      stat("loads_per_minute", rate(st.loads_per_minute), "loads / min"),
+      stat("evictions_per_minute", rate(st.evictions_per_minute), "evictions / min", st.evictions_per_minute > 0)));
     if (!b.models.length) {
       card.append(el("div", {class: "empty"}, "no models"));
     } else {
@@ -150,6 +159,13 @@ function render(placement, stats) {
     kpi(rate(all.evictions_per_minute), "evictions / min", all.evictions_per_minute > 0 ? "hot" : null),
     kpi(rate(all.load_failures_per_minute), "failed loads / min", all.load_failures_per_minute > 0 ? "hot" : null));
   document.getElementById("summary").replaceWith(summary);
+
+  // Thrashing: most recent evictions took copies idle for less than a minute.
+  const evictions = (stats.recent || []).filter(e => e.kind === "eviction");
+  const quick = evictions.filter(e => e.idle_seconds < 60).length;
+  document.getElementById("banner").textContent = evictions.length >= 4 && quick * 2 > evictions.length ?
+    "Thrashing: " + quick + " of the last " + evictions.length + " evictions took a copy idle for less than a " +
+    "minute. The models in use don't fit the capacity: add backends or capacity, or pin the busiest models." : "";
 
   const events = el("ul", {class: "events", id: "events"});
   for (const e of stats.recent || []) {

@@ -10,6 +10,7 @@ is stopped by pid and its profile removed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -55,6 +56,7 @@ class Browser:
         self.profile = Path(tempfile.mkdtemp(prefix="modelyard-chromium-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.ws: ClientConnection | None = None
+        self._closing = contextlib.ExitStack()
         self._ids = itertools.count(1)
 
     def __enter__(self) -> Browser:
@@ -80,7 +82,7 @@ class Browser:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             targets = json.load(r)
         page = next(t for t in targets if t.get("type") == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self.ws = self._closing.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10))
         self.send("Page.enable")
         self.send("Runtime.enable")
 
@@ -131,12 +133,9 @@ class Browser:
             return ""
 
     def close(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:
-                pass
-            self.ws = None
+        with contextlib.suppress(Exception):
+            self._closing.close()
+        self.ws = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
