@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapters.base import RuntimeAdapter
@@ -62,6 +62,7 @@ class Gateway:
         self.routes = RouteRegistry(self.registry)
         self.source_poller = SourcePoller(self.registry, settings.sources.poll_interval)
         self.metrics = Metrics(registry or CollectorRegistry(), LabelPolicy.parse(settings.metrics_models))
+        ProcessCollector(registry=self.metrics.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.metrics.watch("placement", self._placement_metrics)
         self.metrics.watch("sources", self._source_metrics)
         self.tracing = tracing or Tracing()
