@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
@@ -39,7 +38,8 @@ class Request(RequestScope):
     __slots__ = ("_ctx", "_token", "backend", "model", "protocol", "route", "span", "started")
 
     def __init__(self, protocol: str, headers: Any) -> None:
-        super().__init__(headers)
+        self._headers = headers
+        self._request_id = None
         self.protocol = protocol
         self.started = time.perf_counter()
         self.model: str | None = None
@@ -57,6 +57,12 @@ class Observer:
         self.stats = stats or BackendStats()
         self._cold_wait = metrics.cold_wait
         self._joins = metrics.load_joins
+        # (protocol, op, code, route, model, backend) -> (request counter, latency histogram): one lookup per
+        # request; emptied when a name loses its label (its children were removed).
+        self._bound: dict[tuple[str, str, str, str, str, str], tuple[Any, Any]] = {}
+        self._sent: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (backend, api, outcome) -> same
+        metrics.models.on_forget.append(lambda _name: self._bound.clear())
+        metrics.routes.on_forget.append(lambda _name: self._bound.clear())
 
     # -- front ends ------------------------------------------------------------------------------------
     def begin(self, protocol: str, headers: Any, span_name: str = "") -> Request:
@@ -79,13 +85,16 @@ class Observer:
             if req.route:
                 m.routes.count(req.route)
                 route = m.routes.label(req.route)
-        m.requests.child(req.protocol, op, code, route, model, req.backend).inc()
-        m.latency.child(req.protocol, op, model).observe(seconds)
+        key = (req.protocol, op, code, route, model, req.backend)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bound[key] = (m.requests.child(*key), m.latency.child(req.protocol, op, model))
+        bound[0].inc()
+        bound[1].observe(seconds)
         if req.protocol == "grpc":
             failed, server_error = code != "OK", code in GRPC_SERVER_ERRORS
-        else:
-            status = int(code)
-            failed, server_error = status >= 400, status >= 500
+        else:  # HTTP statuses have three digits
+            failed, server_error = code[0] >= "4", code[0] >= "5"
         if failed:
             fields = {
                 "event": "request_failed",
@@ -138,7 +147,7 @@ class Observer:
         """`with observer.cold(model) as wait: wait.backend = await ensure(model)`: the miss, timed and traced."""
         return ColdWait(self, model)
 
-    def backend_call(self, api: str, op: str, model: str, backend: str, headers: Sequence[tuple[str, str]]) -> Sent:
+    def backend_call(self, api: str, op: str, model: str, backend: str, headers: list[tuple[str, str]]) -> Sent:
         """`with observer.backend_call(...) as sent:` forward with `sent.headers`, then set `sent.status`."""
         return Sent(self, api, op, model, backend, headers)
 
@@ -213,14 +222,14 @@ class Sent:
     __slots__ = ("_span", "_started", "api", "backend", "headers", "model", "obs", "op", "status")
 
     def __init__(
-        self, obs: Observer, api: str, op: str, model: str, backend: str, headers: Sequence[tuple[str, str]]
+        self, obs: Observer, api: str, op: str, model: str, backend: str, headers: list[tuple[str, str]]
     ) -> None:
         self.obs = obs
         self.api = api
         self.op = op
         self.model = model
         self.backend = backend
-        self.headers: list[tuple[str, str]] = headers if isinstance(headers, list) else list(headers)
+        self.headers = headers
         self.status: int | None = None
         self._span: Any = None
         self._started = 0.0
@@ -245,8 +254,7 @@ class Sent:
         return self
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        m = self.obs.metrics
-        m.backend_latency.child(self.backend, self.api).observe(time.perf_counter() - self._started)
+        seconds = time.perf_counter() - self._started
         if exc is None:
             status = self.status or 0
             grpc = self.api.endswith("-grpc")
@@ -259,12 +267,21 @@ class Sent:
             outcome = "unavailable"
         else:
             outcome = "cancelled"  # a hedge that lost its race, or the client went away
-        m.backend_requests.child(self.backend, self.api, outcome).inc()
+        key = (self.backend, self.api, outcome)
+        bound = self.obs._sent.get(key)
+        if bound is None:
+            m = self.obs.metrics
+            bound = self.obs._sent[key] = (
+                m.backend_latency.child(self.backend, self.api),
+                m.backend_requests.child(*key),
+            )
+        bound[0].observe(seconds)
+        bound[1].inc()
         span = self._span
         if span is not None:
             if self.status is not None:
-                key = "rpc.grpc.status_code" if self.api.endswith("-grpc") else "http.response.status_code"
-                span.set_attribute(key, self.status)
+                attr = "rpc.grpc.status_code" if self.api.endswith("-grpc") else "http.response.status_code"
+                span.set_attribute(attr, self.status)
             span.set_attribute("modelyard.outcome", outcome)
             if outcome not in ("ok", "cancelled"):
                 span.set_status(Status(StatusCode.ERROR, f"{outcome}: {exc}" if exc else outcome))
