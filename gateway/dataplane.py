@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from adapters.base import ForwardRequest, ForwardResponse
 from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable, ModelNotLoaded
 from gateway.errors import BadRequest, DeadlineExceeded
@@ -238,7 +240,7 @@ class DataPlane:
                 return None
             self._hedges["sent"].inc()
             second.append(other)
-            return self._timed(call, model, other, latencies)
+            return self._hedge_leg(call, model, other, latencies)
 
         resp, who = await race(
             lambda: self._timed(call, model, backend, latencies),
@@ -251,6 +253,11 @@ class DataPlane:
             return resp, second[0], True
         return resp, backend, False
 
+    async def _hedge_leg(self, call: Call, model: str, backend: str, latencies: LatencyWindow) -> ForwardResponse:
+        """The second copy's call of a hedged request, in a span of its own (its backend call is a child)."""
+        with self.tracing.span("modelyard.hedge", {"modelyard.model": model, "modelyard.backend": backend}):
+            return await self._timed(call, model, backend, latencies)
+
     async def _timed(self, call: Call, model: str, backend: str, latencies: LatencyWindow) -> ForwardResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -261,15 +268,23 @@ class DataPlane:
             latencies.add(loop.time() - started)
 
     def _shadow(self, call: Call, route: RouteSpec, answer: Answer) -> None:
+        parent = self.tracing.capture()  # the shadow is sent later, by a worker: its span goes under this request
         for shadow in route.shadows:
             if shadow.percent < 100 and self.rng.random() * 100 >= shadow.percent:
                 continue
             model = shadow.model
 
             def send(backend: str, model: str = model) -> Awaitable[ForwardResponse]:
-                return self._send(call, model, backend, self.settings.backend_timeout)
+                return self._shadow_send(call, model, backend, route.name, parent)
 
             self.shadows.submit(ShadowJob(route.name, model, send, call.protocol, answer.response))
+
+    async def _shadow_send(
+        self, call: Call, model: str, backend: str, route: str, parent: Context | None
+    ) -> ForwardResponse:
+        attributes = {"modelyard.route": route, "modelyard.model": model, "modelyard.backend": backend}
+        with self.tracing.span("modelyard.shadow", attributes, parent=parent):
+            return await self._send(call, model, backend, self.settings.backend_timeout)
 
     def _check_protocol(self, call: Call, model: str) -> None:
         spec = self.placer.model(model)

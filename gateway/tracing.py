@@ -142,9 +142,19 @@ class Tracing:
             yield _INVALID
             return
         with self.tracer.start_as_current_span(
-            name, context=parent, attributes=attributes, links=[Link(link) for link in links]
+            name,
+            context=parent,
+            attributes=attributes,
+            links=[Link(link) for link in links],
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
-            yield span
+            try:
+                yield span
+            except Exception as exc:  # not CancelledError: a hedge that lost its race did nothing wrong
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
 
     def capture(self) -> Context | None:
         """The current context, to parent work done later in another task (None when tracing is off)."""
