@@ -1,4 +1,4 @@
-"""The admin REST API and the process endpoints (/healthz, /readyz, /metrics, /ui).
+"""The admin REST API and the process endpoints (/healthz, /readyz, /metrics, /ui, /admin/stats).
 
 Handlers read the JSON themselves and hand it to `placement.registry`, which validates it; errors are
 mapped once, by the exception handler installed in `build_admin_app`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -18,6 +19,7 @@ from adapters.errors import ModelyardError
 from gateway.dataplane import DataPlane
 from gateway.errors import BadRequest, Unauthorized, to_http
 from gateway.metrics import Metrics
+from gateway.stats import BackendStats
 from gateway.ui import UI_HTML
 from placement.records import check_name
 from placement.registry import Registry
@@ -35,8 +37,14 @@ async def _body(request: Request) -> Any:
 
 
 def build_admin_app(
-    registry: Registry, routes: RouteRegistry, dataplane: DataPlane, metrics: Metrics, admin_token: str
+    registry: Registry,
+    routes: RouteRegistry,
+    dataplane: DataPlane,
+    metrics: Metrics,
+    admin_token: str,
+    stats: BackendStats | None = None,
 ) -> FastAPI:
+    stats = stats or BackendStats()
     app = FastAPI(title="modelyard admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
 
     @app.exception_handler(ModelyardError)
@@ -126,6 +134,17 @@ def build_admin_app(
     @admin.get("/placement")
     async def placement() -> Any:
         return await registry.placement()
+
+    @admin.get("/stats")
+    async def placement_stats() -> Any:
+        """This gateway's placement activity for the live page: per backend, hits, misses, loads, failed loads
+        and evictions per minute over the last minute, the hit ratio, and the latest loads and evictions."""
+        return {
+            "now": time.time(),
+            "models_registered": len(registry.view.models),
+            "metrics_model_labels": metrics.policy.describe(),
+            **stats.rates(),
+        }
 
     app.include_router(admin)
 

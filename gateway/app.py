@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from adapters.base import RuntimeAdapter
@@ -19,8 +19,12 @@ from gateway.admin import build_admin_app
 from gateway.dataplane import DataPlane
 from gateway.grpc_dataplane import GrpcDataPlane
 from gateway.http_dataplane import HttpDataPlane, Receive, Scope, Send
-from gateway.metrics import Metrics
+from gateway.logs import CURRENT, RequestScope
+from gateway.metrics import LabelPolicy, Metrics
+from gateway.observe import Observer
 from gateway.settings import Settings
+from gateway.stats import BackendStats
+from gateway.tracing import Tracing
 from placement.clock import Clock, SystemClock
 from placement.placer import Placer
 from placement.records import BackendSpec
@@ -29,8 +33,11 @@ from placement.routes import RouteRegistry
 from placement.served import ServedLists
 from placement.source_poll import SourcePoller
 from placement.store import RedisStore
+from placement.tasks import sleep_or_stop, stop_task
 
 log = logging.getLogger("modelyard")
+METRICS_TICK = 10.0  # seconds between snapshots of per-backend counts (the placement page's rates)
+RELABEL_EVERY = 6  # ticks between re-rankings of the names that get their own metric labels (a minute)
 
 
 class Gateway:
@@ -41,6 +48,7 @@ class Gateway:
         *,
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis_client
@@ -53,16 +61,29 @@ class Gateway:
         self.registry = Registry(self.placer)
         self.routes = RouteRegistry(self.registry)
         self.source_poller = SourcePoller(self.registry, settings.sources.poll_interval)
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), LabelPolicy.parse(settings.metrics_models))
+        ProcessCollector(registry=self.metrics.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.metrics.watch("placement", self._placement_metrics)
         self.metrics.watch("sources", self._source_metrics)
-        self.placer.loader.events.on_load = self.metrics.load_seconds.observe
-        self.placer.loader.events.on_eviction = self.metrics.eviction_idle.observe
-        self.dataplane = DataPlane(self.placer, settings, self.metrics)
+        self.tracing = tracing or Tracing()
+        self.stats = BackendStats()
+        self.obs = Observer(self.metrics, self.tracing, self.stats)
+        events = self.placer.loader.events
+        events.on_load = self.obs.loaded
+        events.on_unload = self.obs.unloaded
+        events.on_eviction = self.obs.evicted
+        events.on_join = self.obs.joined
+        if self.tracing.enabled:
+            events.wrap_load = self.tracing.wrap_load
+        self.dataplane = DataPlane(self.placer, settings, self.metrics, obs=self.obs)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
         self.grpc = GrpcDataPlane(self.dataplane, self.metrics)  # served by gateway.server on --grpc-port
-        self.admin = build_admin_app(self.registry, self.routes, self.dataplane, self.metrics, settings.admin_token)
+        self.admin = build_admin_app(
+            self.registry, self.routes, self.dataplane, self.metrics, settings.admin_token, self.stats
+        )
         self._starting: asyncio.Task[None] | None = None
+        self._ticking: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def _adapter(self, spec: BackendSpec) -> RuntimeAdapter:
         return make_adapter(
@@ -80,13 +101,19 @@ class Gateway:
         if scope["type"] == "http" and HttpDataPlane.handles(scope["path"]):
             await self.http(scope, receive, send)
         else:
-            await self.admin(scope, receive, send)
+            # Log lines of admin calls carry their request id (the caller's x-request-id, else a new one).
+            token = CURRENT.set(RequestScope(scope.get("headers")))
+            try:
+                await self.admin(scope, receive, send)
+            finally:
+                CURRENT.reset(token)
 
     async def start(self) -> None:
         """Sync with Redis (retrying until it answers) and start the background work."""
         await self.placer.start()
         self.source_poller.start()
         self.dataplane.ready = True
+        self._ticking = asyncio.create_task(self._tick(), name="modelyard-metrics")
         log.info(
             "placement synced with Redis: %d backends, %d models",
             len(self.placer.view.backends),
@@ -101,6 +128,7 @@ class Gateway:
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
+        await stop_task(self._ticking, self._stop)
         await self.dataplane.aclose()
         await self.source_poller.stop()
         await self.placer.stop()
@@ -118,15 +146,26 @@ class Gateway:
         ):
             yield CounterMetricFamily(name, doc, value=value)
 
+    async def _tick(self) -> None:
+        """Every `METRICS_TICK` seconds a snapshot of the per-backend counts for the placement page's per-minute
+        rates; every `RELABEL_EVERY` ticks, a re-ranking of the names that get their own metric labels."""
+        ticks = 0
+        while not await sleep_or_stop(self._stop, METRICS_TICK):
+            ticks += 1
+            try:
+                self.stats.snapshot()
+                if ticks % RELABEL_EVERY == 0:
+                    dropped = self.metrics.rebalance()
+                    if dropped:
+                        log.debug("metrics: %d names lost their own label to busier ones", len(dropped))
+            except Exception:  # a bug here must not stop the loop
+                log.exception("metrics tick failed")
+
     def _placement_metrics(self) -> Iterator[Any]:
-        ev = self.placer.loader.events
+        """Values read at scrape time from this gateway's view of placement and its Redis client."""
+        view = self.placer.view
         scaler = self.placer.reconciler.scaler
         for name, value, doc in (
-            ("modelyard_loads", ev.loads, "Model loads this gateway completed."),
-            ("modelyard_load_failures", ev.load_failures, "Model loads that failed."),
-            ("modelyard_evictions", ev.evictions, "Copies this gateway evicted to make room."),
-            ("modelyard_unloads", ev.unloads, "Copies this gateway unloaded (evictions, admin, drain)."),
-            ("modelyard_load_joins", ev.joined, "Requests that joined a load already under way."),
             ("modelyard_copies_added", scaler.ups, "Copies this gateway added to busy models (as reconcile leader)."),
             ("modelyard_copies_removed", scaler.downs, "Copies this gateway removed from models that cooled down."),
         ):
@@ -135,13 +174,44 @@ class Gateway:
         for kind, n in sorted(self.store.calls.items()):
             calls.add_metric([kind], n)
         yield calls
-        loaded = GaugeMetricFamily(
-            "modelyard_backend_models", "Copies per backend as this gateway sees them.", labels=["backend"]
+        copies = GaugeMetricFamily(
+            "modelyard_backend_models",
+            "Copies per backend and state (loading, ready, unloading, failed) as this gateway sees them.",
+            labels=["backend", "state"],
         )
-        for bid in self.placer.view.backends:
-            n = sum(1 for held in self.placer.view.copies.values() if bid in held)
-            loaded.add_metric([bid], n)
-        yield loaded
+        held: dict[tuple[str, str], int] = {}
+        for states in view.copies.values():
+            for bid, copy_state in states.items():
+                held[(bid, copy_state.value)] = held.get((bid, copy_state.value), 0) + 1
+        cap_models = GaugeMetricFamily(
+            "modelyard_backend_capacity_models", "How many models each backend may hold.", labels=["backend"]
+        )
+        cap_bytes = GaugeMetricFamily(
+            "modelyard_backend_capacity_bytes",
+            "How many bytes of models each backend may hold (backends registered with memory_bytes).",
+            labels=["backend"],
+        )
+        healthy = GaugeMetricFamily(
+            "modelyard_backend_healthy", "1 when this gateway can reach the backend, else 0.", labels=["backend"]
+        )
+        draining = GaugeMetricFamily(
+            "modelyard_backend_draining", "1 while the backend is being drained (DELETE), else 0.", labels=["backend"]
+        )
+        for bid, rec in sorted(view.backends.items()):
+            for state in ("loading", "ready", "unloading", "failed"):
+                copies.add_metric([bid, state], held.get((bid, state), 0))
+            cap_models.add_metric([bid], rec.spec.capacity.models)
+            if rec.spec.capacity.memory_bytes is not None:
+                cap_bytes.add_metric([bid], rec.spec.capacity.memory_bytes)
+            healthy.add_metric([bid], 1.0 if view.reachable.get(bid, rec.healthy) else 0.0)
+            draining.add_metric([bid], 1.0 if rec.draining else 0.0)
+        yield from (copies, cap_models, cap_bytes, healthy, draining)
+        yield GaugeMetricFamily("modelyard_models_registered", "Models registered.", value=len(view.models))
+        yield GaugeMetricFamily(
+            "modelyard_metrics_named_models",
+            'Model names that have a label of their own in this gateway\'s metrics (the rest are model="_other").',
+            value=self.metrics.models.chosen,
+        )
         yield GaugeMetricFamily(
             "modelyard_inflight", "Requests in flight to backends.", value=self.placer.usage.total_inflight()
         )

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from adapters.sources import SourceSettings, default_cache_dir
+from gateway.metrics import LabelPolicy
 from gateway.settings import Settings
 from placement.settings import PlacementSettings
 
@@ -81,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         float,
         "seconds between looks for changed model sources (refreshed when changed); 0: off",
     )
+    add(
+        "--log-format",
+        "MODELYARD_LOG_FORMAT",
+        "auto",
+        help="json (one object per line), text, or auto: json unless stderr is a terminal",
+    )
+    add(
+        "--metrics-models",
+        "MODELYARD_METRICS_MODELS",
+        "top:50",
+        help="model and route names with a label of their own in /metrics: top:N (busiest N), a comma-separated "
+        "list of names, or both (top:20,fraud-v3); the rest are counted as model=_other",
+    )
     return parser
 
 
@@ -100,6 +114,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "modelyard: --model-cache-bytes and --triton-upload-max-bytes must be positive, "
             "--source-poll-interval at least 0"
         )
+    if args.log_format not in ("json", "text", "auto"):
+        raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
+    try:
+        LabelPolicy.parse(args.metrics_models)
+    except ValueError as exc:
+        raise SystemExit(f"modelyard: --metrics-models: {exc}") from None
     return Settings(
         host=args.host,
         http_port=args.http_port,
@@ -110,6 +130,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backend_timeout=args.backend_timeout,
         shutdown_grace=args.shutdown_grace,
         log_level=args.log_level.lower(),
+        log_format=args.log_format,
+        metrics_models=args.metrics_models,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,

@@ -30,14 +30,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from adapters.base import ForwardRequest, ForwardResponse
 from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable, ModelNotLoaded
 from gateway.errors import BadRequest, DeadlineExceeded
 from gateway.hedging import HedgeBudget, LatencyWindow, RetryBudget, race
 from gateway.metrics import Metrics
+from gateway.observe import Observer
 from gateway.routing import HeaderLookup, Router, no_headers
 from gateway.settings import Settings
 from gateway.shadows import ShadowJob, Shadows
+from gateway.tracing import Tracing
 from placement.errors import UnknownModel
 from placement.placer import Placer
 from placement.records import HedgePolicy, RouteSpec
@@ -98,13 +102,22 @@ class Answer:
 
 
 class DataPlane:
-    def __init__(self, placer: Placer, settings: Settings, metrics: Metrics, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        placer: Placer,
+        settings: Settings,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+        obs: Observer | None = None,
+    ) -> None:
         self.placer = placer
         self.settings = settings
         self.metrics = metrics
         self.ready = False  # set once placement has its first view of Redis
-        self._hit = metrics.placement.labels("hit")
-        self._miss = metrics.placement.labels("miss")
+        # Metrics, spans and log lines of each request (gateway.observe); `tracing.span(...)` for code that adds
+        # spans of its own.
+        self.obs = obs or Observer(metrics)
+        self.tracing: Tracing = self.obs.tracing
         self.rng = rng or random.Random()
         self.router = Router(self.rng)
         self.shadows = Shadows(placer.warm_backend, metrics, settings.shadow_queue, settings.shadow_concurrency)
@@ -130,6 +143,7 @@ class DataPlane:
     async def call(self, call: Call) -> Answer:
         route = self.placer.view.routes.get(call.name)
         model = self.resolve(call.name, call.header)
+        self.obs.resolved(call.name, model)
         self._check_protocol(call, model)
         spec = self.placer.model(model)
         policy = route.hedge if route is not None and route.hedge is not None else spec.hedge if spec else None
@@ -150,7 +164,7 @@ class DataPlane:
         if backend is None:
             backend = await self._cold(model, call.deadline)
         else:
-            self._hit.inc()
+            self.obs.hit(model, backend)
         hedged = False
         try:
             if policy is not None and not cold and call.op in REPEATABLE_OPS:
@@ -226,7 +240,7 @@ class DataPlane:
                 return None
             self._hedges["sent"].inc()
             second.append(other)
-            return self._timed(call, model, other, latencies)
+            return self._hedge_leg(call, model, other, latencies)
 
         resp, who = await race(
             lambda: self._timed(call, model, backend, latencies),
@@ -239,6 +253,11 @@ class DataPlane:
             return resp, second[0], True
         return resp, backend, False
 
+    async def _hedge_leg(self, call: Call, model: str, backend: str, latencies: LatencyWindow) -> ForwardResponse:
+        """The second copy's call of a hedged request, in a span of its own (its backend call is a child)."""
+        with self.tracing.span("modelyard.hedge", {"modelyard.model": model, "modelyard.backend": backend}):
+            return await self._timed(call, model, backend, latencies)
+
     async def _timed(self, call: Call, model: str, backend: str, latencies: LatencyWindow) -> ForwardResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -249,15 +268,23 @@ class DataPlane:
             latencies.add(loop.time() - started)
 
     def _shadow(self, call: Call, route: RouteSpec, answer: Answer) -> None:
+        parent = self.tracing.capture()  # the shadow is sent later, by a worker: its span goes under this request
         for shadow in route.shadows:
             if shadow.percent < 100 and self.rng.random() * 100 >= shadow.percent:
                 continue
             model = shadow.model
 
             def send(backend: str, model: str = model) -> Awaitable[ForwardResponse]:
-                return self._send(call, model, backend, self.settings.backend_timeout)
+                return self._shadow_send(call, model, backend, route.name, parent)
 
             self.shadows.submit(ShadowJob(route.name, model, send, call.protocol, answer.response))
+
+    async def _shadow_send(
+        self, call: Call, model: str, backend: str, route: str, parent: Context | None
+    ) -> ForwardResponse:
+        attributes = {"modelyard.route": route, "modelyard.model": model, "modelyard.backend": backend}
+        with self.tracing.span("modelyard.shadow", attributes, parent=parent):
+            return await self._send(call, model, backend, self.settings.backend_timeout)
 
     def _check_protocol(self, call: Call, model: str) -> None:
         spec = self.placer.model(model)
@@ -267,26 +294,27 @@ class DataPlane:
         raise BadRequest(f"model {model!r} runs on {spec.runtime}; call it with its own API: {how}")
 
     async def _cold(self, model: str, deadline: float | None) -> str:
+        with self.obs.cold(model) as wait:
+            wait.backend = await self._wait_for_load(model, deadline)
+            return wait.backend
+
+    async def _wait_for_load(self, model: str, deadline: float | None) -> str:
+        if deadline is None:
+            return await self.placer.ensure(model)
+        # The load is shielded inside `ensure`: when the deadline ends this wait, the load goes on.
         started = time.perf_counter()
-        self._miss.inc()
+        timeout = asyncio.timeout_at(deadline)
         try:
-            if deadline is None:
+            async with timeout:
                 return await self.placer.ensure(model)
-            # The load is shielded inside `ensure`: when the deadline ends this wait, the load goes on.
-            timeout = asyncio.timeout_at(deadline)
-            try:
-                async with timeout:
-                    return await self.placer.ensure(model)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                raise DeadlineExceeded(
-                    f"the client's deadline passed while model {model!r} was loading "
-                    f"(waited {time.perf_counter() - started:.3g} s); the load goes on, so a later request "
-                    "will find it sooner or ready: retry, or give the call a longer deadline"
-                ) from None
-        finally:
-            self.metrics.cold_wait.observe(time.perf_counter() - started)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise DeadlineExceeded(
+                f"the client's deadline passed while model {model!r} was loading "
+                f"(waited {time.perf_counter() - started:.3g} s); the load goes on, so a later request "
+                "will find it sooner or ready: retry, or give the call a longer deadline"
+            ) from None
 
     async def _forward(self, call: Call, model: str, backend: str) -> ForwardResponse:
         timeout = self.settings.backend_timeout
@@ -313,9 +341,13 @@ class DataPlane:
         usage = self.placer.usage
         usage.start(model, backend)
         try:
-            return await self.placer.adapter(backend).forward(
-                ForwardRequest(call.protocol, call.method, model, call.version, call.op, body, call.headers, timeout)
-            )
+            with self.obs.backend_call(call.protocol, call.op, model, backend, call.headers) as sent:
+                request = ForwardRequest(
+                    call.protocol, call.method, model, call.version, call.op, body, sent.headers, timeout
+                )
+                resp = await self.placer.adapter(backend).forward(request)
+                sent.status = resp.status
+                return resp
         finally:
             usage.finish(model, backend)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,19 +260,8 @@ class GrpcDataPlane:
     ) -> None:
         self.dp = dataplane
         self.metrics = metrics
+        self.obs = dataplane.obs  # counts, times, traces and logs each call (gateway.observe)
         self.services = SERVICES if services is None else services
-        self._counted: dict[tuple[str, str], Any] = {}
-        self._timed: dict[str, Any] = {}
-
-    def _record(self, op: str, code: str, seconds: float) -> None:
-        counter = self._counted.get((op, code))
-        if counter is None:
-            counter = self._counted[(op, code)] = self.metrics.requests.labels("grpc", op, code)
-        counter.inc()
-        timer = self._timed.get(op)
-        if timer is None:
-            timer = self._timed[op] = self.metrics.latency.labels("grpc", op)
-        timer.observe(seconds)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -291,8 +279,11 @@ class GrpcDataPlane:
         path = f"/{service}/{op}"
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            started = time.perf_counter()
             code = "OK"
+            error = None
+            req = self.obs.begin("grpc", context.invocation_metadata(), path[1:])
+            if req.span is not None:
+                req.span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": op})
             try:
                 try:
                     if isinstance(method, Local):
@@ -322,25 +313,26 @@ class GrpcDataPlane:
                     answer = await self.dp.call(call)
                 except ModelyardError as exc:
                     err = to_grpc(exc)
-                    code = err.code.name
+                    code, error = err.code.name, err.message
                     await context.abort(err.code, err.message, err.trailing_metadata())
                 except Exception as exc:  # a bug: the client gets INTERNAL with its name, the log the traceback
                     log.exception("%s failed", path)
                     err = to_grpc(exc)
-                    code = err.code.name
+                    code, error = err.code.name, err.message
                     await context.abort(err.code, err.message)
+                req.backend = answer.backend  # the copy that answered (a hedge's, when it won)
                 await context.send_initial_metadata(_answer_metadata(answer))
                 resp = answer.response
                 if resp.status != 0:
                     status = grpc_status(resp.status)
-                    code = status.name
+                    code, error = status.name, resp.details
                     await context.abort(status, resp.details)
                 return resp.body
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
             finally:
-                self._record(op, code, time.perf_counter() - started)
+                self.obs.end(req, op, code, error)
 
         return handle
 
@@ -357,7 +349,7 @@ class GrpcDataPlane:
 
     def _refuse_stream(self, op: str, method: Refuse) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
         async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            self._record(op, "UNIMPLEMENTED", 0.0)
+            self.obs.end(self.obs.begin("grpc", None), op, "UNIMPLEMENTED", method.message)
             err = to_grpc(NotSupported(method.message))
             await context.abort(err.code, err.message)
             yield b""  # never reached: makes this an async generator, as grpc wants for stream handlers

@@ -8,7 +8,6 @@ warm path pays for nothing it does not use.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -48,29 +47,20 @@ class HttpDataPlane:
     def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
         self.dp = dataplane
         self.metrics = metrics
+        self.obs = dataplane.obs  # counts, times, traces and logs each request (gateway.observe)
         self.max_body = max_body_bytes
-        # Labelled children, bound once: `.labels()` on every request is measurable on the warm path.
-        self._counted: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
-
-    def _record(self, op: str, status: int, seconds: float) -> None:
-        counter = self._counted.get((op, status))
-        if counter is None:
-            counter = self._counted[(op, status)] = self.metrics.requests.labels("http", op, str(status))
-        counter.inc()
-        timer = self._timed.get(op)
-        if timer is None:
-            timer = self._timed[op] = self.metrics.latency.labels("http", op)
-        timer.observe(seconds)
 
     @staticmethod
     def handles(path: str) -> bool:
         return path == "/v2" or path.startswith(("/v2/", "/v1/models/"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         op = "other"
         status = 500
+        error = None
+        req = self.obs.begin("http", scope["headers"])
+        if req.span is not None:
+            req.span.set_attributes({"http.request.method": scope["method"], "url.path": scope["path"]})
         try:
             method = scope["method"]
             path = scope["path"]
@@ -106,13 +96,16 @@ class HttpDataPlane:
             call = Call(protocol, method, name, version, op, body, headers, header=header_lookup(scope))
             answer = await self.dp.call(call)
             status = answer.response.status
+            req.backend = answer.backend  # the copy that answered (a hedge's, when it won)
             await send_answer(send, answer)
         except ModelyardError as exc:
             err = to_http(exc)
             status = err.status
+            error = err.message
             await _error(send, err)
         finally:
-            self._record(op or "metadata", status, time.perf_counter() - started)
+            op = op or "metadata"
+            self.obs.end(req, op, str(status), error, span_name(scope) if req.span is not None else "")
 
     async def _ready(self, send: Send, name: str, version: str | None, header: HeaderLookup) -> int:
         model = self.dp.resolve(name, header)
@@ -125,6 +118,19 @@ class HttpDataPlane:
         status = 200 if self.dp.model_servable(model) else 503
         await _empty(send, status, [(b"x-modelyard-model", model.encode())])
         return status
+
+
+def span_name(scope: Scope) -> str:
+    """`{method} {route}` with the names left out, as OpenTelemetry names HTTP server spans."""
+    parts = scope["path"].split("/")
+    if len(parts) >= 4 and parts[2] == "models":
+        verb = parts[-1].rpartition(":")[2] if ":" in parts[-1] else None  # TF Serving's name:predict
+        parts[3] = "{name}"
+        if len(parts) >= 6 and parts[4] in ("versions", "labels"):
+            parts[5] = "{version}"
+        if verb is not None and len(parts) in (4, 6):
+            parts[-1] += ":" + verb
+    return f"{scope['method']} {'/'.join(parts)}"
 
 
 def parse_kserve_path(path: str) -> tuple[str, str | None, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Generator
@@ -22,7 +23,9 @@ import uvicorn
 from gateway.app import Gateway
 from gateway.embedded_redis import RedisServer
 from gateway.grpc_dataplane import GrpcPortError, build_server
+from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
+from gateway.tracing import Tracing, provider_from_env
 
 log = logging.getLogger("modelyard")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -45,8 +48,13 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        tracing = Tracing(provider_from_env(os.environ))
+    except ValueError as exc:
+        raise SystemExit(f"modelyard: {exc}") from None
+    if tracing.enabled:
+        log.info("exporting traces with OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT is set)")
     embedded: RedisServer | None = None
     redis_url = settings.redis_url
     if not redis_url:
@@ -60,8 +68,9 @@ def run(settings: Settings) -> int:
             embedded.pid,
         )
     try:
-        _run_loop(_serve(settings, redis_url))
+        _run_loop(_serve(settings, redis_url, tracing))
     finally:
+        tracing.shutdown()
         if embedded is not None:
             embedded.stop()
             log.info("embedded Redis stopped")
@@ -78,9 +87,9 @@ def _run_loop(main: object) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
 
 
-async def _serve(settings: Settings, redis_url: str) -> None:
+async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     client = aioredis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
-    gateway = Gateway(settings, client)
+    gateway = Gateway(settings, client, tracing=tracing)
     try:
         grpc_server = build_server(gateway.grpc, settings)
     except GrpcPortError as exc:
@@ -95,6 +104,7 @@ async def _serve(settings: Settings, redis_url: str) -> None:
         http="httptools",
         loop="none",
         access_log=False,
+        log_config=None,  # uvicorn's lines go through modelyard's handler (JSON or text, --log-format)
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         backlog=2048,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -63,7 +64,11 @@ class Shadows:
         if self._queue is None:
             self._queue = asyncio.Queue(self.queue_size)
             self._workers = [
-                asyncio.create_task(self._work(self._queue), name=f"modelyard-shadow-{i}")
+                # An empty context: the workers outlive the request that starts them, whose ids (logs) and span
+                # (traces) must not stick to every later shadow; each job brings its request's trace context.
+                asyncio.create_task(
+                    self._work(self._queue), name=f"modelyard-shadow-{i}", context=contextvars.Context()
+                )
                 for i in range(self.concurrency)
             ]
         try:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from adapters.base import LoadRequest, RuntimeAdapter
 from adapters.errors import BackendError, BackendLoadError
@@ -41,9 +42,14 @@ def _loop_time() -> float:
 log = logging.getLogger("modelyard.placement")
 
 
+def _no_wrap(model: str, load: Coroutine[Any, Any, str]) -> Coroutine[Any, Any, str]:
+    return load
+
+
 class LoadEvents:
-    """Counters the loader moves, read by the gateway's metrics at scrape time (no registry here), and hooks
-    for values that belong in histograms: how long a load took, how long an evicted copy had been idle."""
+    """Counters the loader moves, and hooks through which the gateway observes loads (metrics, spans; no
+    registry or tracer here). Hooks run synchronously in the task doing the work: a load's in the load's task
+    (created in the context of the request that started it), a join's in the joining request's."""
 
     def __init__(self) -> None:
         self.loads = 0
@@ -51,8 +57,12 @@ class LoadEvents:
         self.evictions = 0
         self.unloads = 0
         self.joined = 0  # requests that joined a load already under way in this process
-        self.on_load: Callable[[float], None] = lambda seconds: None
-        self.on_eviction: Callable[[float], None] = lambda idle_seconds: None
+        self.on_load: Callable[[str, str, float, bool], None] = lambda model, backend, seconds, ok: None
+        self.on_unload: Callable[[str, str, str, bool], None] = lambda model, backend, reason, ok: None
+        self.on_eviction: Callable[[str, str, float], None] = lambda model, backend, idle_seconds: None
+        self.on_join: Callable[[str], None] = lambda model: None
+        # Wraps the coroutine of each coalesced load (one per model in this process), e.g. in a span.
+        self.wrap_load: Callable[[str, Coroutine[Any, Any, str]], Coroutine[Any, Any, str]] = _no_wrap
 
 
 class Loader:
@@ -83,11 +93,13 @@ class Loader:
         """A backend holding a ready copy of `name`, loading one if needed. Coalesced per model."""
         task = self._tasks.get(name)
         if task is None:
-            task = asyncio.create_task(self._ensure_task(name), name=f"modelyard-load-{name}")
+            load = self.events.wrap_load(name, self._ensure_task(name))
+            task = asyncio.create_task(load, name=f"modelyard-load-{name}")
             self._tasks[name] = task
             task.add_done_callback(lambda _t: self._tasks.pop(name, None))
         else:
             self.events.joined += 1
+            self.events.on_join(name)
         # By default wait a little past the load's own deadline, so the load's precise reason reaches the caller.
         wait = self.settings.load_timeout + max(1.0, 4 * self.settings.wait_poll) if timeout is None else timeout
         try:
@@ -199,7 +211,7 @@ class Loader:
     async def _load(self, spec: ModelSpec, backend: str, token: int) -> str:
         name = spec.name
         started = _loop_time()
-        log.info("loading %s on %s", name, backend)
+        log.debug("loading %s on %s", name, backend, extra={"event": "load_started", "model": name, "backend": backend})
         try:
             await self.adapter(backend).load(LoadRequest(name, spec.source))
         except BackendError as exc:
@@ -215,9 +227,17 @@ class Loader:
                     await self.adapter(backend).unload(name)
                 except BackendError:
                     # The copy stays 'unloading' with its slot; reconciliation finishes the unload later.
-                    log.warning("%s: load of %s failed and so did the unload; slot kept", backend, name)
+                    self.events.on_unload(name, backend, "failed", False)
+                    self.events.on_load(name, backend, _loop_time() - started, False)
+                    log.warning(
+                        "%s: load of %s failed and so did the unload; slot kept",
+                        backend,
+                        name,
+                        extra={"event": "load_failed", "model": name, "backend": backend, "reason": reason},
+                    )
                     raise LoadFailed(f"model {name!r} could not be loaded: {reason}", reason, 5.0) from exc
                 await self.store.remove_copy(backend, name, CopyState.UNLOADING)
+                self.events.on_unload(name, backend, "failed", True)
             delay = await self.store.fail(
                 backend,
                 name,
@@ -228,7 +248,14 @@ class Loader:
                 self.settings.failure_backoff_max,
             )
             self.events.load_failures += 1
-            log.warning("load of %s on %s failed: %s", name, backend, reason)
+            self.events.on_load(name, backend, _loop_time() - started, False)
+            log.warning(
+                "load of %s on %s failed: %s",
+                name,
+                backend,
+                reason,
+                extra={"event": "load_failed", "model": name, "backend": backend, "reason": reason},
+            )
             if delay == "fenced":
                 raise LeaseLost(f"lost the load lease of {name!r} while loading it") from exc
             raise LoadFailed(
@@ -239,9 +266,16 @@ class Loader:
             # Our lease expired and someone else owns the load now; we may not write. They will adopt it.
             raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")
         self.view.set_copy(name, backend, CopyState.READY)
+        seconds = _loop_time() - started
         self.events.loads += 1
-        self.events.on_load(_loop_time() - started)
-        log.info("loaded %s on %s in %.2f s", name, backend, _loop_time() - started)
+        self.events.on_load(name, backend, seconds, True)
+        log.info(
+            "loaded %s on %s in %.2f s",
+            name,
+            backend,
+            seconds,
+            extra={"event": "load", "model": name, "backend": backend, "seconds": round(seconds, 3)},
+        )
         return backend
 
     async def _loads(self, spec: ModelSpec) -> tuple[list[BackendLoad], dict[str, list[CopyRecord]]]:
@@ -307,14 +341,22 @@ class Loader:
             if not self._evictable(cand.model, cand.backend):  # a request may have started meanwhile
                 continue
             if await self.unload_copy(cand.model, cand.backend, reason="evicted"):
+                idle = max(0.0, self.clock.now() - cand.last_used)
                 self.events.evictions += 1
-                self.events.on_eviction(max(0.0, self.clock.now() - cand.last_used))
+                self.events.on_eviction(cand.model, cand.backend, idle)
                 log.info(
                     "evicted %s from %s (idle %.1f s) to make room for %s",
                     cand.model,
                     cand.backend,
-                    self.clock.now() - cand.last_used,
+                    idle,
                     spec.name,
+                    extra={
+                        "event": "eviction",
+                        "model": cand.model,
+                        "backend": cand.backend,
+                        "idle_seconds": round(idle, 3),
+                        "for_model": spec.name,
+                    },
                 )
                 return True
         return False
@@ -369,10 +411,27 @@ class Loader:
             await self.adapter(backend).unload(model)
         except BackendError as exc:
             # The copy stays 'unloading' and keeps its slot; reconciliation retries the unload.
-            log.warning("unload of %s from %s (%s) failed: %s", model, backend, reason, exc)
+            self.events.on_unload(model, backend, reason, False)
+            log.warning(
+                "unload of %s from %s (%s) failed: %s",
+                model,
+                backend,
+                reason,
+                exc,
+                extra={"event": "unload_failed", "model": model, "backend": backend, "reason": reason},
+            )
             return False
         await self.store.remove_copy(backend, model, CopyState.UNLOADING)
         self.view.set_copy(model, backend, None)
         self.events.unloads += 1
-        log.info("unloaded %s from %s (%s)", model, backend, reason)
+        self.events.on_unload(model, backend, reason, True)
+        # An eviction gets its own line (with the copy's idle time) from `_evict_one`: one line per event.
+        log.log(
+            logging.DEBUG if reason == "evicted" else logging.INFO,
+            "unloaded %s from %s (%s)",
+            model,
+            backend,
+            reason,
+            extra={"event": "unload", "model": model, "backend": backend, "reason": reason},
+        )
         return True

@@ -50,7 +50,14 @@ class Registry:
         await self.store.put_backend(spec)
         self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
         await self.placer.reconciler.check_health()
-        log.info("backend %s registered: %s %s, capacity %s", backend_id, spec.kind, spec.url, spec.capacity)
+        log.info(
+            "backend %s registered: %s %s, capacity %s",
+            backend_id,
+            spec.kind,
+            spec.url,
+            spec.capacity,
+            extra={"event": "admin", "action": "put_backend", "backend": backend_id, "spec": spec.to_json()},
+        )
         return await self.backend_json(backend_id)
 
     async def backend_json(self, backend_id: str) -> dict[str, Any]:
@@ -79,12 +86,22 @@ class Registry:
             give_up=lambda: self.view.reachable.get(backend_id) is False,
         )
         if left:
-            log.warning("backend %s removed with copies it could not drain: %s", backend_id, [c.model for c in left])
+            log.warning(
+                "backend %s removed with copies it could not drain: %s",
+                backend_id,
+                [c.model for c in left],
+                extra={"event": "admin_error", "action": "delete_backend", "backend": backend_id},
+            )
         for c in await self.store.copies_on(backend_id):  # failed entries, and what an unreachable backend held
             await self.store.remove_copy(backend_id, c.model, None)
         await self.store.delete_backend(backend_id)
         self.view.set_backend(backend_id, None)
-        log.info("backend %s drained (%d models unloaded) and removed", backend_id, len(unloaded))
+        log.info(
+            "backend %s drained (%d models unloaded) and removed",
+            backend_id,
+            len(unloaded),
+            extra={"event": "admin", "action": "delete_backend", "backend": backend_id},
+        )
         return {
             "id": backend_id,
             "drained": True,
@@ -120,7 +137,12 @@ class Registry:
             await self.unload_model(name)
         await self.store.put_model(spec)
         self.view.set_model(name, spec)
-        log.info("model %s registered: %s", name, spec.to_json())
+        log.info(
+            "model %s registered: %s",
+            name,
+            spec.to_json(),
+            extra={"event": "admin", "action": "put_model", "model": name, "spec": spec.to_json()},
+        )
         return await self.model_json(name)
 
     async def status(self, name: str) -> ModelStatus:
@@ -155,7 +177,7 @@ class Registry:
             await self.store.remove_copy(c.backend, name, None)
         await self.store.delete_model(name)
         self.view.set_model(name, None)
-        log.info("model %s deleted", name)
+        log.info("model %s deleted", name, extra={"event": "admin", "action": "delete_model", "model": name})
         return {"name": name, "deleted": True, "unloaded_from": unloaded}
 
     async def load_model(self, name: str) -> dict[str, Any]:
@@ -180,8 +202,19 @@ class Registry:
                 refreshed.append(c.backend)
             except BackendError as exc:
                 failed[c.backend] = str(exc)
-                log.warning("refresh of %s on %s failed: %s", name, c.backend, exc)
-        log.info("model %s refreshed on %s", name, refreshed)
+                log.warning(
+                    "refresh of %s on %s failed: %s",
+                    name,
+                    c.backend,
+                    exc,
+                    extra={"event": "admin_error", "action": "refresh_model", "model": name, "backend": c.backend},
+                )
+        log.info(
+            "model %s refreshed on %s",
+            name,
+            refreshed,
+            extra={"event": "admin", "action": "refresh_model", "model": name, "backends": refreshed},
+        )
         return {**await self.model_json(name), "refreshed_on": refreshed, "refresh_failed": failed}
 
     async def unload_model(self, name: str) -> list[str]:

@@ -7,6 +7,10 @@ The fake keeps what a backend holds and checks, at every load, that capacity is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
 
 from adapters.base import ForwardRequest, ForwardResponse, LoadRequest
 from adapters.errors import BackendLoadError, ModelNotLoaded
@@ -64,3 +68,24 @@ class FakeAdapter:
 
     async def aclose(self) -> None:
         return None
+
+
+def record_forwards(
+    monkeypatch: pytest.MonkeyPatch,
+    adapter_class: type[Any],
+    before: Callable[[Any, ForwardRequest], Awaitable[None]] | None = None,
+) -> list[ForwardRequest]:
+    """Every request `adapter_class.forward` is given, in order; `before(adapter, request)` runs first (it may
+    raise, as a backend would), then the real `forward`."""
+    seen: list[ForwardRequest] = []
+    original = adapter_class.forward
+
+    async def forward(self: Any, request: ForwardRequest) -> ForwardResponse:
+        seen.append(request)
+        if before is not None:
+            await before(self, request)
+        response: ForwardResponse = await original(self, request)
+        return response
+
+    monkeypatch.setattr(adapter_class, "forward", forward)
+    return seen

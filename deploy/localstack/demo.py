@@ -418,12 +418,21 @@ def parse_metrics(text: str) -> dict[str, float]:
     return samples
 
 
+def metric_total(samples: dict[str, float], name: str, *labels: str) -> float:
+    """The sum of `name`'s samples over every label set that has all of `labels` (`key="value"`)."""
+    return sum(
+        v
+        for key, v in samples.items()
+        if (key == name or key.startswith(name + "{")) and all(label in key for label in labels)
+    )
+
+
 def read_gateway(admin: httpx.Client) -> GatewayState:
     state = GatewayState()
     try:
         metrics = parse_metrics(admin.get("/metrics").text)
-        state.loads = metrics.get("modelyard_loads_total")
-        state.evictions = metrics.get("modelyard_evictions_total")
+        state.loads = metric_total(metrics, "modelyard_loads_total", 'result="ok"')
+        state.evictions = metric_total(metrics, "modelyard_evictions_total")
     except httpx.HTTPError:
         pass
     try:

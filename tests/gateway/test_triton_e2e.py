@@ -18,6 +18,7 @@ import tritonclient.http as triton_http
 
 from deploy.localstack.stack import LocalStack
 from tests.gateway.conftest import MODELS, StartGateway, check_answer, infer_body
+from tests.metrics_text import samples, total
 
 
 def test_tritonclient_http_works_unchanged_through_the_gateway(
@@ -70,11 +71,12 @@ def test_headers_say_which_model_and_backend_answered_and_when_it_was_cold(
     with urllib.request.urlopen(req, timeout=60) as plain:
         assert plain.headers.get("content-encoding") is None
         check_answer("m003", [3.0], json.loads(plain.read()))
-    metrics = httpx.get(f"{gw.url}/metrics").text
-    assert 'modelyard_placement_total{result="miss"} 1.0' in metrics
-    assert 'modelyard_placement_total{result="hit"} 2.0' in metrics
-    assert "modelyard_loads_total 1.0" in metrics
-    assert "modelyard_load_seconds_count 1.0" in metrics
+    metrics = samples(httpx.get(f"{gw.url}/metrics").text)
+    backend = first.headers["x-modelyard-backend"]
+    assert total(metrics, "modelyard_placement_total", result="miss", backend=backend) == 1
+    assert total(metrics, "modelyard_placement_total", result="hit", backend=backend) == 2
+    assert total(metrics, "modelyard_loads_total", result="ok") == 1
+    assert total(metrics, "modelyard_load_seconds_count", backend=backend) == 1
 
 
 def test_overcommit_under_random_traffic_answers_right_and_never_exceeds_capacity(

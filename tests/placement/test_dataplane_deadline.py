@@ -8,14 +8,14 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters.base import ForwardRequest, ForwardResponse
+from adapters.base import ForwardRequest
 from adapters.errors import BackendTimeout
 from gateway.dataplane import Call, DataPlane
 from gateway.errors import DeadlineExceeded
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from placement.records import ModelSpec, RouteSpec
-from tests.fakes import FakeAdapter, FakeBackend
+from tests.fakes import FakeAdapter, FakeBackend, record_forwards
 from tests.placement.conftest import MakePlacer, register
 
 
@@ -26,18 +26,13 @@ def triton(name: str) -> ModelSpec:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[ForwardRequest]:
     """Every request the fake backends were sent; a request for a model named 'sleepy' takes its whole timeout."""
-    seen: list[ForwardRequest] = []
-    original = FakeAdapter.forward
 
-    async def forward(self: FakeAdapter, request: ForwardRequest) -> ForwardResponse:
-        seen.append(request)
+    async def sleepy(adapter: FakeAdapter, request: ForwardRequest) -> None:
         if request.model == "sleepy":
             await asyncio.sleep(request.timeout)
-            raise BackendTimeout(f"backend {self.backend_id} did not answer within {request.timeout:g} s")
-        return await original(self, request)
+            raise BackendTimeout(f"backend {adapter.backend_id} did not answer within {request.timeout:g} s")
 
-    monkeypatch.setattr(FakeAdapter, "forward", forward)
-    return seen
+    return record_forwards(monkeypatch, FakeAdapter, sleepy)
 
 
 async def dataplane(make_placer: MakePlacer, backends: dict[str, FakeBackend], *names: str) -> DataPlane:
