@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: setup demo test check bench bench-grpc bench-hedging clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
 	@echo "== setting up $(VENV) (first run downloads Triton and the rest; a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,6 +35,11 @@ bench-grpc: setup
 
 bench-hedging: setup
 	$(PY) -m loadtests.hedging $(ARGS)
+
+# Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
+lock: setup
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^modelyard'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
