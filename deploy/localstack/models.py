@@ -3,7 +3,7 @@
 Model `names[i]` takes `INPUT0` (FP32, dims [-1]) and returns `OUTPUT0 = INPUT0 + i` and `MODEL_NAME` (BYTES,
 shape [1], the model's name), so a response routed to the wrong model is visible at once.
 A model can also stall: with `stall_ms` and `stall_fraction`, each instance counts the requests it executes and
-sleeps `stall_ms` before answering request n when a hash of (`stall_seed`, instance, n) falls in the first
+sleeps `stall_ms` before answering request n when a hash of (`stall_seed`, server, instance, n) falls in the first
 `stall_fraction` of its range: a fixed, reproducible share of slow calls (the tail that hedging is for).
 With `load_log`, each model appends `"<name> <pid> <time>\\n"` to that file in `initialize` and
 `"<name> unload <pid> <time>\\n"` to `<load_log>.unload` in `finalize`, so tests can count the real loads
@@ -61,8 +61,13 @@ def _log(path, line):
         f.write(line)
 
 
+# Which server this stub runs in (set by the local stack): two servers with the same models would otherwise
+# stall on the same call numbers, and with traffic split evenly a hedge would meet a stall just as often.
+SERVER = os.environ.get("MODELYARD_LOCALSTACK_SERVER", "")
+
+
 def _stalls(instance, n):
-    digest = hashlib.blake2b(f"{{STALL_SEED}}:{{instance}}:{{n}}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{{STALL_SEED}}:{{SERVER}}:{{instance}}:{{n}}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") < STALL_FRACTION * 2.0**64
 
 

@@ -122,6 +122,8 @@ class LocalStack:
                 grpc_port=free_port(),
                 metrics_port=free_port(),
                 log_path=self.workdir / f"triton-{i}.log",
+                # the stubs' stall decisions differ per server (deploy/localstack/models.py)
+                extra_env={"MODELYARD_LOCALSTACK_SERVER": f"triton-{i}"},
             )
             for i in range(tritons)
         ]
