@@ -6,10 +6,16 @@ Transport failures become adapter errors here, once.
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import httpx
 
-from adapters.base import ForwardResponse
+from adapters.base import ForwardRequest, ForwardResponse
 from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
+
+if TYPE_CHECKING:  # upstream.py imports HOP_BY_HOP from here
+    from adapters.upstream import UpstreamPool
 
 # Headers that describe one hop of the connection, not the message; never passed on.
 HOP_BY_HOP = frozenset(
@@ -76,3 +82,28 @@ async def send_raw(
         if k.decode("latin-1").lower() not in HOP_BY_HOP
     ]
     return ForwardResponse(response.status_code, out_headers, b"".join(chunks))
+
+
+async def forward_http(
+    pool: UpstreamPool | None,
+    client: httpx.AsyncClient,
+    backend_id: str,
+    base_url: str,
+    path: str,
+    request: ForwardRequest,
+) -> ForwardResponse:
+    """Send a data-plane request to `base_url + path`: through the lean pool for plain-HTTP backends, else httpx."""
+    if pool is not None:
+        return await pool.request(request.method, path, request.headers, request.body, request.timeout)
+    return await send_raw(
+        client, backend_id, request.method, base_url + path, request.headers, request.body, request.timeout
+    )
+
+
+def error_text(body: bytes) -> str:
+    """The `error` of a JSON error body (Triton's and TF Serving's form), or "" when there is none."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""

@@ -45,7 +45,7 @@ from adapters.errors import (
     ModelNotLoaded,
 )
 from adapters.grpc_forward import GrpcForwarder
-from adapters.http_forward import make_client, send_raw
+from adapters.http_forward import error_text, forward_http, make_client
 from adapters.tfserving_proto.messages import (
     MODEL_SERVICE,
     ModelEntry,
@@ -279,20 +279,9 @@ class TFServingAdapter:
             path += f":{request.op}"
         elif request.op:
             path += f"/{request.op}"
-        if self._pool is not None:
-            resp = await self._pool.request(request.method, path, request.headers, request.body, request.timeout)
-        else:
-            resp = await send_raw(
-                self._client,
-                self.backend_id,
-                request.method,
-                self.url + path,
-                request.headers,
-                request.body,
-                request.timeout,
-            )
+        resp = await forward_http(self._pool, self._client, self.backend_id, self.url, path, request)
         if resp.status == 404:
-            text = _body_error(resp.body)
+            text = error_text(resp.body)
             if any(m in text.lower() for m in _NOT_LOADED_MARKERS) and not await self._serves(request.model):
                 raise ModelNotLoaded(
                     f"backend {self.backend_id} does not hold {request.model!r}: {text}", self.backend_id
@@ -335,11 +324,3 @@ class _RpcFailed(Exception):
 
 def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.0)
-
-
-def _body_error(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    return str(data.get("error", "")) if isinstance(data, dict) else ""

@@ -38,7 +38,7 @@ from adapters.errors import (
     ModelNotLoaded,
 )
 from adapters.grpc_forward import GrpcForwarder
-from adapters.http_forward import make_client, send_raw
+from adapters.http_forward import error_text, forward_http, make_client
 from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
 from adapters.upstream import UpstreamPool
@@ -274,21 +274,10 @@ class TritonAdapter:
             path += f"/versions/{quote(request.version, safe='')}"
         if request.op:
             path += f"/{request.op}"
-        if self._pool is not None:
-            resp = await self._pool.request(request.method, path, request.headers, request.body, request.timeout)
-        else:
-            resp = await send_raw(
-                self._client,
-                self.backend_id,
-                request.method,
-                self.url + path,
-                request.headers,
-                request.body,
-                request.timeout,
-            )
-        if resp.status in (400, 404, 503) and _means_not_loaded(_body_error(resp.body)):
+        resp = await forward_http(self._pool, self._client, self.backend_id, self.url, path, request)
+        if resp.status in (400, 404, 503) and _means_not_loaded(error_text(resp.body)):
             raise ModelNotLoaded(
-                f"backend {self.backend_id} does not hold {request.model!r}: {_body_error(resp.body)}",
+                f"backend {self.backend_id} does not hold {request.model!r}: {error_text(resp.body)}",
                 self.backend_id,
             )
         return resp
@@ -320,16 +309,8 @@ class TritonAdapter:
         return resp
 
 
-def _body_error(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    return str(data.get("error", "")) if isinstance(data, dict) else ""
-
-
 def _error_text(resp: httpx.Response) -> str:
-    return _body_error(resp.content) or f"HTTP {resp.status_code} {resp.text[:500]}"
+    return error_text(resp.content) or f"HTTP {resp.status_code} {resp.text[:500]}"
 
 
 def _means_not_loaded(text: str) -> bool:
