@@ -19,8 +19,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m deploy.localstack.demo $(ARGS)
 
+# Two workers, each with its own session stack (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(ARGS)
 
 check: setup
 	$(VENV)/bin/ruff check .
