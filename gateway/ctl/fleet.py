@@ -90,11 +90,13 @@ class _Lines:
                         self.fields[(key.value, i, str(k.value))] = k.start_mark.line + 1
 
     def line(self, kind: str, index: int, message: str = "") -> int | None:
-        """The line of the field the message names, else of the entry."""
+        """The line of the field the message names first, else of the entry."""
+        named = []
         for (k, i, name), line in self.fields.items():
-            if k == kind and i == index and re.search(rf"(?<![\w.]){re.escape(name)}\b", message):
-                return line
-        return self.entries.get((kind, index))
+            found = re.search(rf"(?<![\w.]){re.escape(name)}\b", message) if (k, i) == (kind, index) else None
+            if found:
+                named.append((found.start(), line))
+        return min(named)[1] if named else self.entries.get((kind, index))
 
 
 def parse_text(text: str, path: str) -> tuple[Any, _Lines]:

@@ -91,8 +91,11 @@ def _check_references(desired: Fleet, current: Fleet, prune: bool, path: str) ->
         raise CtlError(f"{path}: {clash} would be both a model and a route; a route can't share a model's name", USAGE)
 
 
-def execute(client: AdminClient, actions: list[Action], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-    """Write the plan; one line per object on `out`, progress on `err` for large plans. CtlError on refusal."""
+def execute(client: AdminClient, actions: list[Action], out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Write the plan; one line per object on `out` (stdout), progress on `err` (stderr) for large plans.
+    CtlError on the first refusal."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     writes = [a for a in actions if a.changes]
     progress = _Progress(len(writes), err) if len(writes) >= PROGRESS_FROM else None
     for a in actions:

@@ -35,6 +35,11 @@ def _registry(admin: httpx.Client) -> dict[str, Any]:
     }
 
 
+def _default_data_dir(gw: GatewayProcess) -> GatewayProcess:
+    gw.args = [a for a in gw.args if not a.startswith("--data-dir")]  # the default: .modelyard/ in the cwd
+    return gw
+
+
 def test_restart_keeps_the_registry_and_the_warm_copies(
     stack: LocalStack, new_loads: Callable[[], list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,7 +47,7 @@ def test_restart_keeps_the_registry_and_the_warm_copies(
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     warm, cold, other = MODELS[0], MODELS[1], MODELS[2]
     triton = stack.tritons[0]
-    gw = GatewayProcess(None, tmp_path, token=TOKEN)
+    gw = _default_data_dir(GatewayProcess(None, tmp_path, token=TOKEN))
     try:
         gw.start()
         with stack.admin(gw) as admin:
@@ -73,7 +78,8 @@ def test_restart_keeps_the_registry_and_the_warm_copies(
         assert gw.stop() == 0
         assert (tmp_path / ".modelyard" / "modelyard.aof").stat().st_size > 0
 
-        gw = GatewayProcess(None, tmp_path, token=TOKEN)  # the same command (new ports: the old ones may linger)
+        # The same command (new ports: the old ones may linger).
+        gw = _default_data_dir(GatewayProcess(None, tmp_path, token=TOKEN))
         gw.start()
         with stack.admin(gw) as admin:
             assert _registry(admin) == before
