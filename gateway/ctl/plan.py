@@ -75,13 +75,13 @@ def _check_references(desired: Fleet, current: Fleet, prune: bool, path: str) ->
     models = dict(desired.models) if prune else {**current.models, **desired.models}
     routes = dict(desired.routes) if prune else {**current.routes, **desired.routes}
     for name, route in routes.items():
+        # Without --prune nothing is deleted, so only the file's routes can name a missing model.
         where = f"routes ({name})" if name in desired.routes else f"the gateway's route {name!r}"
         named = [s["model"] for s in route["splits"]] + [s["model"] for s in route.get("shadows") or []]
         missing = [m for m in dict.fromkeys(named) if m not in models]
         if missing:
-            hint = "" if name in desired.routes else " (keep those models in the file, or the route too)"
             raise CtlError(
-                f"{path}: {where}: names model(s) {missing} that are neither in the file nor registered{hint}", USAGE
+                f"{path}: {where}: names model(s) {missing} that are neither in the file nor registered", USAGE
             )
         runtimes = sorted({models[m]["runtime"] for m in named})
         if len(runtimes) > 1:
