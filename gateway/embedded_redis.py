@@ -54,6 +54,16 @@ class DataDirLocked(RuntimeError):
     """Another gateway (or its embedded Redis, still shutting down) uses the data dir."""
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DataDirLock:
     """An exclusive flock on `<data_dir>/lock`, held while a gateway and its embedded Redis use the directory.
 
@@ -66,18 +76,26 @@ class DataDirLock:
         self.path = data_dir / "lock"
         self.fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, orphan_wait: float = 10.0) -> None:
+        """Take the lock or raise DataDirLocked. When the gateway that holds it is gone, its Redis is still
+        writing its last appends: wait up to `orphan_wait` seconds for that Redis to exit."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DataDirLocked(
-                f"the data dir {self.path.parent} is in use by another gateway (pid {holder}); stop it, or give "
-                "this one its own --data-dir (or a shared --redis-url)"
-            ) from None
+        deadline = time.monotonic() + orphan_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                if not _alive(holder) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                os.close(fd)
+                raise DataDirLocked(
+                    f"the data dir {self.path.parent} is in use by another gateway (pid {holder or '?'}); stop it, "
+                    "or give this one its own --data-dir (or a shared --redis-url)"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

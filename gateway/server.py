@@ -67,8 +67,7 @@ def run(settings: Settings) -> int:
         lock = DataDirLock(data_dir)
         try:
             lock.acquire()
-        except (DataDirLocked, OSError) as exc:
-            log.error("%s", exc)
+        except (DataDirLocked, OSError) as exc:  # one line on stderr, exit status 1
             raise SystemExit(f"modelyard: {exc}") from None
         assert lock.fd is not None
         embedded = RedisServer(log_path=data_dir / "redis.log", data_dir=data_dir, keep_fds=(lock.fd,))

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.url.startswith(("http://", "https://")):
+        print(f"modelyard {args.command}: --url must look like http://host:port, got {args.url!r}", file=sys.stderr)
+        return USAGE
     client = AdminClient(args.url, args.token)
     try:
         return _run(args, client)
@@ -86,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except httpx.InvalidURL as exc:
         print(f"modelyard {args.command}: --url {args.url!r} is not a valid URL: {exc}", file=sys.stderr)
         return USAGE
+    except BrokenPipeError:  # `modelyard get models | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         client.close()
 

@@ -1,10 +1,11 @@
 """The embedded default keeps its state: `modelyard serve` without --redis-url, stopped and started again with
 the same command in the same folder, has every backend, model and route, and the model Triton still holds
 answers warm, without a new load (counted from Triton's own load log). The data dir is locked against a
-second gateway, and the lock lasts until the embedded Redis is gone too."""
+second gateway, and the lock lasts until the embedded Redis is gone too, also when the gateway is killed."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -87,6 +88,17 @@ def test_restart_keeps_the_registry_and_the_warm_copies(
         assert r.status_code == 200 and "x-modelyard-cold" not in r.headers
         check_answer(warm, [2.0], r.json())
         assert new_loads() == [warm]  # adopted, not loaded again
+
+        # Killed outright, and started again at once: the new gateway waits for the old one's Redis to finish
+        # writing (it still holds the lock) and then has everything too.
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait(10)
+        gw = _default_data_dir(GatewayProcess(None, tmp_path, token=TOKEN))
+        gw.start()
+        with stack.admin(gw) as admin:
+            assert _registry(admin) == before
+        assert new_loads() == [warm]
     finally:
         gw.stop()
         stack.unload_everything()
