@@ -17,8 +17,8 @@ import yaml
 from gateway.ctl import show
 from gateway.ctl.client import AdminClient
 from gateway.ctl.errors import USAGE, CtlError
-from gateway.ctl.fleet import load_fleet
-from gateway.ctl.plan import execute, make_plan
+from gateway.ctl.fleet import SINGULAR, load_fleet
+from gateway.ctl.plan import execute, hold_rollouts, make_plan
 from gateway.ctl.rollout import add_rollout, run_rollout
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -99,21 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, client: AdminClient) -> int:
     if args.command in ("apply", "diff"):
         desired = load_fleet(args.file)  # a bad file stops here, before the gateway is asked anything
-        plan = make_plan(desired, client.fleet(), args.prune, args.file)
+        plan = hold_rollouts(client, make_plan(desired, client.fleet(), args.prune, args.file))
         if args.command == "diff":
-            changes = [a for a in plan if a.changes]
-            for a in changes:
-                print(
-                    a.line()
-                    .replace(" created", " would be created")
-                    .replace(" updated", " would be updated")
-                    .replace(" deleted", " would be deleted")
-                )
+            differences = [a for a in plan if a.verb != "unchanged"]
+            for a in differences:
+                print(a.line() if a.verb == "held" else f"{SINGULAR[a.kind]}/{a.name} would be {a.verb}")
                 for line in a.field_changes():
                     print(line)
-            if not changes:
+            if not differences:
                 print("no differences")
-            return 1 if changes else 0
+            return 1 if differences else 0
         if args.dry_run:
             for a in plan:
                 print(f"{a.line()} (dry run)")

@@ -25,15 +25,21 @@ PROGRESS_FROM = 50  # objects to write from which progress goes to stderr
 class Action:
     kind: str  # backends | models | routes
     name: str
-    verb: str  # created | updated | unchanged | deleted
+    verb: str  # created | updated | unchanged | deleted | held (a route whose rollout is running)
     body: dict[str, Any] | None = None
     before: dict[str, Any] | None = None
 
     @property
     def changes(self) -> bool:
-        return self.verb != "unchanged"
+        """Whether `execute` writes anything for it."""
+        return self.verb not in ("unchanged", "held")
 
     def line(self) -> str:
+        if self.verb == "held":
+            return (
+                f"route/{self.name} held: a rollout is running on it; left as it is "
+                f"(modelyard rollout status|promote|abort {self.name})"
+            )
         return f"{SINGULAR[self.kind]}/{self.name} {self.verb}"
 
     def field_changes(self) -> list[str]:
@@ -89,6 +95,27 @@ def _check_references(desired: Fleet, current: Fleet, prune: bool, path: str) ->
     clash = sorted(set(models) & set(routes))
     if clash:
         raise CtlError(f"{path}: {clash} would be both a model and a route; a route can't share a model's name", USAGE)
+
+
+def hold_rollouts(client: AdminClient, actions: list[Action]) -> list[Action]:
+    """Routes the plan would change or delete while a rollout runs on them are held instead: the rollout owns
+    their weights until it is promoted or aborted, and a file written before it can't know them."""
+    out = []
+    for a in actions:
+        if a.kind == "routes" and a.verb in ("updated", "deleted") and _rollout_running(client, a.name):
+            a = Action(a.kind, a.name, "held", a.body, a.before)
+        out.append(a)
+    return out
+
+
+def _rollout_running(client: AdminClient, route: str) -> bool:
+    try:
+        state = client.call("GET", f"/admin/routes/{route}/rollout")
+    except CtlError as exc:
+        if ": 404:" in str(exc):  # no rollout on the route (or a gateway without rollouts)
+            return False
+        raise
+    return isinstance(state, dict) and state.get("phase") in ("shadow", "step")
 
 
 def execute(client: AdminClient, actions: list[Action], out: TextIO | None = None, err: TextIO | None = None) -> None:

@@ -75,9 +75,16 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def describe(state: dict[str, Any]) -> str:
+    """One line: the route, the model rolled out, the phase and, while it runs, the step and the weight."""
     line = f"route {state.get('route')}: {state.get('model')} {state.get('phase')}"
     if state.get("phase") in ("shadow", "step"):
-        line += f", step {state.get('step')} of {state.get('steps')}, weight {state.get('weight')}%"
+        weights = (state.get("spec") or {}).get("steps") or state.get("steps") or []
+        if not all(isinstance(w, int | float) for w in weights):
+            weights = []  # a history of step records, not the weights
+        step = state.get("step")
+        if isinstance(step, int) and weights:
+            line += f", step {step + 1} of {len(weights)} ({', '.join(f'{w:g}%' for w in weights)})"
+        line += f", weight {state.get('weight')}%"
     if state.get("reason"):
         line += f" ({state['reason']})"
     return line

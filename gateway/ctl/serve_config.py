@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gateway.ctl.client import AdminClient
 from gateway.ctl.errors import CtlError
 from gateway.ctl.fleet import load_fleet
-from gateway.ctl.plan import execute, make_plan
+from gateway.ctl.plan import execute, hold_rollouts, make_plan
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -39,7 +39,7 @@ class _LogLines(io.StringIO):
 def apply_file(url: str, token: str, path: str) -> None:
     client = AdminClient(url, token)
     try:
-        plan = make_plan(load_fleet(path), client.fleet(), False, path)
+        plan = hold_rollouts(client, make_plan(load_fleet(path), client.fleet(), False, path))
         execute(client, plan, out=_LogLines(logging.INFO), err=_LogLines(logging.DEBUG))
     finally:
         client.close()

@@ -16,7 +16,7 @@ from gateway.ctl.client import AdminClient
 from gateway.ctl.errors import CtlError
 from gateway.ctl.fleet import Fleet, load_fleet
 from gateway.ctl.main import build_parser
-from gateway.ctl.plan import BULK, execute, make_plan
+from gateway.ctl.plan import BULK, execute, hold_rollouts, make_plan
 from gateway.ctl.rollout import run_rollout
 
 TRITON = {"kind": "triton", "url": "http://127.0.0.1:8000/", "capacity": {"models": 4}}
@@ -180,8 +180,9 @@ def rollout(args: list[str], answer: dict[str, Any], status: int = 200) -> tuple
 
 
 def test_rollout_commands_speak_the_contracts_rollout_api() -> None:
-    state = {"route": "front", "model": "b", "phase": "step", "step": 1, "weight": 5, "reason": None,
-             "steps": [1, 5, 25]}  # fmt: skip
+    # As the rollout API on the rollouts branch answers: `steps` the history, `spec.steps` the weights.
+    state = {"route": "front", "model": "b", "phase": "step", "step": 1, "weight": 5, "reason": "",
+             "steps": [{"phase": "step", "step": 0, "weight": 1}], "spec": {"steps": [1, 5, 25]}}  # fmt: skip
     seen, out = rollout(
         ["start", "front", "--model", "b", "--steps", "1,5,25", "--step-seconds", "30", "--max-p99-ratio", "1.2"],
         state,
@@ -193,7 +194,7 @@ def test_rollout_commands_speak_the_contracts_rollout_api() -> None:
         "step_seconds": 30.0,
         "gates": {"max_p99_ratio": 1.2},
     }
-    assert out.strip() == "route front: b step, step 1 of [1, 5, 25], weight 5%"
+    assert out.strip() == "route front: b step, step 2 of 3 (1%, 5%, 25%), weight 5%"
     seen, out = rollout(["status", "front", "-o", "json"], state)
     assert (seen[0].method, json.loads(out)) == ("GET", state)
     promoted = {**state, "phase": "promoted", "weight": 100}
@@ -207,3 +208,25 @@ def test_rollout_commands_speak_the_contracts_rollout_api() -> None:
         rollout(["start", "front", "--model", "b"], {"error": "a rollout is already running"}, status=409)
     with pytest.raises(CtlError, match="--steps must be integers"):
         rollout(["start", "front", "--model", "b", "--steps", "1,x"], state)
+
+
+def test_apply_holds_routes_whose_rollout_is_running() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/admin/routes/rolling/rollout":
+            return httpx.Response(200, json={"route": "rolling", "model": "b", "phase": "step", "weight": 5})
+        if request.url.path == "/admin/routes/done/rollout":
+            return httpx.Response(200, json={"route": "done", "model": "b", "phase": "promoted"})
+        return httpx.Response(404, json={"error": "no rollout"})
+
+    client = AdminClient("http://gw", "t", transport=httpx.MockTransport(handle))
+    have = fleet(routes={n: route(n, "a") for n in ("rolling", "done", "plain", "gone")})
+    want = fleet(routes={n: route(n, "b") for n in ("rolling", "done", "plain")}, models={"b": model("b")})
+    have.models = {"a": model("a")}
+    plan = hold_rollouts(client, make_plan(want, have, prune=False, path="f"))
+    assert [(a.name, a.verb) for a in plan if a.kind == "routes"] == [
+        ("rolling", "held"),
+        ("done", "updated"),
+        ("plain", "updated"),
+    ]
+    assert plan[1].line().startswith("route/rolling held: a rollout is running on it")
+    assert not plan[1].changes
