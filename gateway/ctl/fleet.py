@@ -99,10 +99,26 @@ class _Lines:
         return min(named)[1] if named else self.entries.get((kind, index))
 
 
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one entry", key_node.start_mark
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
 def parse_text(text: str, path: str) -> tuple[Any, _Lines]:
     is_yaml = not path.endswith(".json")
     try:
-        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+        data = yaml.load(text, Loader=_StrictLoader) if is_yaml else json.loads(text)
         return data, _Lines(text, is_yaml)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

@@ -59,6 +59,8 @@ def test_errors_name_the_entry_the_field_and_the_line(tmp_path: Path) -> None:
     assert "unknown section(s) ['model']" in error(tmp_path, "model: []\n")
     assert error(tmp_path, "models: {a: 1}\n") == "f.yaml: models must be a list of entries"
     assert error(tmp_path, '{"models": [}', "f.json").startswith("f.json: not valid JSON")
+    twice = "models:\n  - name: a\n    runtime: triton\n    runtime: tfserving\n"
+    assert error(tmp_path, twice) == "f.yaml:4: not valid YAML: 'runtime' is given twice in one entry"
     assert error(tmp_path, "models:\n  - 3\n").startswith("f.yaml:2: models[0]: an entry must be a mapping")
     assert "invalid model name 'a b'" in error(tmp_path, "models:\n  - {name: a b, runtime: triton}\n")
     with pytest.raises(CtlError, match="cannot read the fleet file"):
