@@ -129,7 +129,11 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     await grpc_server.start()
     grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
-    applying = asyncio.create_task(apply_config_when_ready(gateway, settings)) if settings.config else None
+    applying = (
+        asyncio.create_task(apply_config_when_ready(gateway, settings, lambda: server.started))
+        if settings.config
+        else None
+    )
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
     log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:

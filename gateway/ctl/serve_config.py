@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.ctl.client import AdminClient
@@ -45,9 +46,10 @@ def apply_file(url: str, token: str, path: str) -> None:
         client.close()
 
 
-async def apply_config_when_ready(gateway: Gateway, settings: Settings) -> None:
+async def apply_config_when_ready(gateway: Gateway, settings: Settings, listening: Callable[[], bool]) -> None:
+    """Once the gateway has synced with Redis and its HTTP server listens (`listening()`), apply the file."""
     assert settings.config is not None
-    while not gateway.dataplane.ready:  # noqa: ASYNC110 (set once by Gateway.start, no event to wait on)
+    while not (gateway.dataplane.ready and listening()):  # noqa: ASYNC110 (flags set once, no event to wait on)
         await asyncio.sleep(0.05)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{settings.http_port}"
