@@ -87,6 +87,10 @@ def build_admin_app(
     async def put_model(name: str, request: Request) -> Any:
         return await registry.put_model(name, await _body(request))
 
+    @admin.put("/models")
+    async def put_models(request: Request) -> Any:
+        return await registry.put_models(await _body(request))
+
     @admin.get("/models")
     async def list_models(limit: int = 100, cursor: str | None = None) -> Any:
         if cursor is not None:

@@ -19,8 +19,16 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+# The admin API's client (gateway.ctl): its own parsers, so that `serve`'s stays as it is.
+CLIENT_COMMANDS = ("apply", "diff", "get", "rollout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelyard", description="A gateway that overcommits models on Triton.")
+    parser = argparse.ArgumentParser(
+        prog="modelyard",
+        description="A gateway that overcommits models on Triton. Also the admin API's client: "
+        "modelyard apply|diff|get|rollout --help.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
@@ -32,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc-port", "MODELYARD_GRPC_PORT", "8081", int, "gRPC data plane")
     add("--redis-url", "MODELYARD_REDIS_URL", None, help="shared state; absent: an embedded Redis is started")
     add("--admin-token", "MODELYARD_ADMIN_TOKEN", None, help="bearer token for /admin; absent: one is generated")
+    add(
+        "--data-dir",
+        "MODELYARD_DATA_DIR",
+        ".modelyard",
+        help="where the embedded Redis keeps its append-only file (no --redis-url only); delete it to start afresh",
+    )
+    add("--config", "MODELYARD_CONFIG", None, help="a fleet file (YAML or JSON) applied once the gateway is ready")
     add("--redis-prefix", "MODELYARD_REDIS_PREFIX", "modelyard", help="prefix of every Redis key")
     add("--load-timeout", "MODELYARD_LOAD_TIMEOUT", "120", float, "seconds a request waits for a cold load")
     add("--backend-timeout", "MODELYARD_BACKEND_TIMEOUT", "60", float, "seconds for one forwarded request")
@@ -132,6 +147,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level.lower(),
         log_format=args.log_format,
         metrics_models=args.metrics_models,
+        data_dir=args.data_dir,
+        config=args.config or None,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,
@@ -150,11 +167,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from gateway.ctl.main import main as ctl_main
+
+        return ctl_main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from gateway.server import run
 
-        return run(settings_from_args(args))
+        settings = settings_from_args(args)
+        if settings.config:
+            from gateway.ctl.fleet import check_file
+
+            check_file(settings.config)  # a bad fleet file stops the start, before anything runs
+        return run(settings)
     return 2
 
 

@@ -4,6 +4,8 @@ in one event loop, clean shutdown.
 The gRPC port is bound first: when it is taken the process exits at once with a message saying so. On
 SIGTERM or SIGINT both listening sockets close, requests in flight on either finish (up to
 `shutdown_grace`), last-used times are flushed, and what the process started (the embedded Redis) is stopped.
+The embedded Redis keeps its append-only file in `--data-dir`, locked (`DataDirLock`) against a second
+gateway; `--config` is applied once the gateway is ready (`gateway.ctl.serve_config`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import os
 import signal
 import threading
 from collections.abc import Generator
+from pathlib import Path
 
 import grpc.aio
 import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.app import Gateway
-from gateway.embedded_redis import RedisServer
+from gateway.ctl.serve_config import apply_config_when_ready
+from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer
 from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
@@ -56,24 +60,36 @@ def run(settings: Settings) -> int:
     if tracing.enabled:
         log.info("exporting traces with OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT is set)")
     embedded: RedisServer | None = None
+    lock: DataDirLock | None = None
     redis_url = settings.redis_url
     if not redis_url:
-        embedded = RedisServer()
+        data_dir = Path(settings.data_dir).resolve()
+        lock = DataDirLock(data_dir)
+        try:
+            lock.acquire()
+        except (DataDirLocked, OSError) as exc:  # one line on stderr, exit status 1
+            raise SystemExit(f"modelyard: {exc}") from None
+        assert lock.fd is not None
+        embedded = RedisServer(log_path=data_dir / "redis.log", data_dir=data_dir, keep_fds=(lock.fd,))
         embedded.start()
         redis_url = embedded.url
         log.warning(
-            "no --redis-url given: started an embedded Redis at %s (pid %s) for single-gateway use; "
-            "its state goes when this gateway stops. Give several gateways one --redis-url to share state.",
+            "no --redis-url given: started an embedded Redis at %s (pid %s) for single-gateway use; it keeps "
+            "the registry in %s (delete that directory to start afresh). Give several gateways one --redis-url "
+            "to share state.",
             redis_url,
             embedded.pid,
+            data_dir,
         )
     try:
         _run_loop(_serve(settings, redis_url, tracing))
     finally:
         tracing.shutdown()
         if embedded is not None:
-            embedded.stop()
+            embedded.stop()  # SIGTERM: Redis writes the rest of its append-only file and exits
             log.info("embedded Redis stopped")
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -113,6 +129,11 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     await grpc_server.start()
     grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
+    applying = (
+        asyncio.create_task(apply_config_when_ready(gateway, settings, lambda: server.started))
+        if settings.config
+        else None
+    )
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
     log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:
@@ -121,6 +142,10 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         if not server.should_exit:  # uvicorn ended on its own (it could not start): stop gRPC now
             server.should_exit = True
         await grpc_stopping
+        if applying is not None:
+            applying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applying
         await gateway.stop()
         log.info("gateway stopped")
 

@@ -312,6 +312,17 @@ class RedisStore:
             pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
             await pipe.execute()
 
+    async def put_models(self, specs: list[ModelSpec]) -> None:
+        """Write many model specs in one transaction (all or none), with one event per model."""
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            if specs:
+                pipe.zadd(f"{self.p}:models", {s.name: 0 for s in specs})
+            for spec in specs:
+                pipe.hset(self.k_model(spec.name), "spec", json.dumps(spec.to_json()))
+                pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
+            await pipe.execute()
+
     async def get_model_spec(self, name: str) -> ModelSpec | None:
         self._count("read")
         raw = await self.r.hget(self.k_model(name), "spec")
