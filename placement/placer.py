@@ -123,7 +123,15 @@ class Placer:
         """A backend with a ready copy (see `Loader.ensure`). Without Redis no copy can be placed: refused at
         once while Redis is known to be down, and the wait ends as soon as it is found down."""
         with self.health.guard():
-            return await self.health.until_down(self.loader.ensure(model, timeout))
+            try:
+                return await self.health.until_down(self.loader.ensure(model, timeout))
+            except StoreUnavailable:
+                # The shared load task goes on without this waiter; its outcome must not be left unretrieved
+                # (asyncio would log it with a traceback).
+                load = self.loader._tasks.get(model)
+                if load is not None:
+                    load.add_done_callback(_retrieve)
+                raise
 
     async def copy_missing(self, model: str, backend: str) -> None:
         """The backend said it does not hold a copy the view called ready: fix Redis and the view."""
@@ -155,6 +163,11 @@ class Placer:
                 self.health.mark_down(f"{type(exc).__name__}: {exc}")  # said once, by the health's log line
             except Exception as exc:
                 log.warning("could not record last-used times: %s", exc)
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Reconciler(Reconciler):

@@ -154,8 +154,8 @@ class PlacementView:
 class ViewSync:
     """Keeps a `PlacementView` equal to Redis: snapshot, then pub/sub events, then snapshot again on trouble.
 
-    The event connection is checked with a PING every `heartbeat` seconds; an answer missing for
-    `heartbeat_timeout` seconds (a paused Redis, a dead connection) counts as losing Redis: the view is kept
+    The event connection is checked with a PING every `heartbeat` seconds (0.25); no answer within
+    `heartbeat_timeout` seconds (0.75: a paused Redis, a dead connection) counts as losing Redis: the view is kept
     and served, `health` is marked down, and the loop reconnects and resyncs. `on_name(name)` is told of every
     model or route event (None: the whole view was reloaded), so caches of names this gateway looked up can
     drop what the event may have changed (`placement.lookup`).
@@ -167,8 +167,8 @@ class ViewSync:
         view: PlacementView,
         resync_interval: float = 30.0,
         health: RedisHealth | None = None,
-        heartbeat: float = 0.5,
-        heartbeat_timeout: float = 1.5,
+        heartbeat: float = 0.25,
+        heartbeat_timeout: float = 0.75,
     ) -> None:
         self.store = store
         self.view = view
@@ -226,7 +226,10 @@ class ViewSync:
             if waiting_since is None and now >= next_ping:
                 await pubsub.ping()
                 waiting_since, next_ping = now, now + self.heartbeat
-            msg = await pubsub.get_message(timeout=min(self.heartbeat, 1.0))
+            msg = await pubsub.get_message(timeout=self.heartbeat)
+            if msg is None and waiting_since is not None and loop.time() - waiting_since > self.heartbeat_timeout:
+                # Judged only when nothing is left to read, so a stall of this process can't look like one of Redis.
+                raise TimeoutError(f"Redis did not answer a PING within {self.heartbeat_timeout:g} s")
             if msg is not None and msg.get("type") == "message":
                 await self._apply(json.loads(msg["data"]))
             elif msg is not None and msg.get("type") == "pong":
@@ -235,8 +238,6 @@ class ViewSync:
                     await self.resync()
                     next_resync = loop.time() + self.resync_interval
                 self.health.heard()
-            if waiting_since is not None and loop.time() - waiting_since > self.heartbeat_timeout:
-                raise TimeoutError(f"Redis did not answer a PING within {self.heartbeat_timeout:g} s")
             if loop.time() >= next_resync:
                 await self.resync()
                 next_resync = loop.time() + self.resync_interval
