@@ -39,22 +39,21 @@ REDIS_DOWN: tuple[type[Exception], ...] = (*UNREACHABLE, READ_ONLY)  # what `gua
 
 # Seconds. A command waits at most SOCKET_TIMEOUT for its reply (a paused Redis can't hang a request longer);
 # a healthy Redis answers in well under a millisecond, so this is only ever reached in an outage.
-SOCKET_TIMEOUT = 2.0
-CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 2.0  # also the connect timeout
 RETRY_AFTER = 2.0  # what clients are told to wait while Redis is unreachable
+NOT_YET = "not connected yet"
 
 
-def client(url: str) -> aioredis.Redis:
-    """A client whose every command is bounded in time.
-
-    redis-py 6+ retries a failed command 10 times (with backoff) by default, timeouts included: against a
-    paused Redis one command would then take 11 socket timeouts. Here a command is retried once, and only on a
-    connection error (a pooled connection Redis closed: the retry uses a fresh one), never on a timeout.
+def client(url: str, timeout: float = SOCKET_TIMEOUT) -> aioredis.Redis:
+    """A client whose every command is bounded in time: `timeout` for the reply and for connecting (redis-py's
+    default is 5 s, long enough to stack up behind a paused Redis). A failed command is retried once, and only
+    on a connection error (a pooled connection Redis closed: the retry uses a fresh one); a timed-out command,
+    which Redis may have applied, is never sent again.
     """
     return aioredis.from_url(
         url,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
@@ -68,7 +67,7 @@ class RedisHealth:
         self.ever_synced = False
         self.since: float | None = None  # when the current state began (epoch seconds); None before the first
         self.last_sync: float | None = None  # last time the view was known equal to Redis (snapshot or heartbeat)
-        self.reason = "not connected yet"
+        self.reason = NOT_YET
         self.outages = 0
         self._down = asyncio.Event()
 
@@ -95,6 +94,8 @@ class RedisHealth:
 
     def mark_down(self, reason: str) -> None:
         if not self.up:
+            if not self.ever_synced and self.reason == NOT_YET:
+                log.warning("waiting for Redis to sync the view of placement: %s", reason)
             self.reason = reason
             return
         self.up, self.since, self.reason = False, self.clock.now(), reason
