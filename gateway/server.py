@@ -16,11 +16,11 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from types import FrameType
 
 import grpc.aio
-import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.app import Gateway
@@ -30,12 +30,19 @@ from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
+from placement.redis_health import client as redis_client
 
 log = logging.getLogger("modelyard")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Server(uvicorn.Server):
+    on_exit: Callable[[], None] = staticmethod(lambda: None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()  # readiness goes false first, so probes see the drain
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # uvicorn re-raises the signal after serving, which would end the process before modelyard stops
@@ -104,7 +111,7 @@ def _run_loop(main: object) -> None:
 
 
 async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
-    client = aioredis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
+    client = redis_client(redis_url)  # every command bounded in time (placement.redis_health)
     gateway = Gateway(settings, client, tracing=tracing)
     try:
         grpc_server = build_server(gateway.grpc, settings)
@@ -126,6 +133,7 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         backlog=2048,
     )
     server = _Server(config)
+    server.on_exit = gateway.drain
     await grpc_server.start()
     grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
