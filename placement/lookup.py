@@ -10,8 +10,12 @@ Unknown names must not turn into a stream of Redis reads, so the answers are bou
 - concurrent lookups of one name share one read;
 - a name found unknown is remembered for `negative_ttl` seconds (at most `max_negative` names, the oldest
   forgotten first), and forgotten at once when an event names it or the view is reloaded;
+- a remembered name is still asked again while a small budget of re-checks lasts (`recheck_rate` per second):
+  so a name created elsewhere just after this gateway answered "unknown" is found before its event arrives,
+  while a flood of the same unknown names is answered from memory once the budget is spent;
 - lookups that do reach Redis are held to `rate` per second (a token bucket of `burst`); past it, an unknown
-  name is answered 404 without a lookup and counted (`refused`).
+  name is answered 404 without a lookup and counted (`refused`). Re-checks have their own budget, so a flood
+  of repeated names can't use up the lookups of new ones.
 
 The race where a lookup reads "unknown" just before the name is created: the create's event arrives before or
 after the read returns. Before: the event marks the lookup stale, and its "unknown" is not remembered. After:
@@ -34,6 +38,26 @@ from placement.view import PlacementView
 class _Pending:
     task: asyncio.Task[bool]
     stale: bool = False
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` kept; time from the injected clock."""
+
+    def __init__(self, clock: Clock, rate: float, burst: float) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._filled = clock.now()
+
+    def take(self) -> bool:
+        now = self.clock.now()
+        self._tokens = min(self.burst, self._tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 @dataclass(slots=True)
@@ -60,6 +84,8 @@ class NameLookup:
         max_negative: int = 10_000,
         rate: float = 100.0,
         burst: float = 100.0,
+        recheck_rate: float = 20.0,
+        recheck_burst: float = 20.0,
     ) -> None:
         self.store = store
         self.view = view
@@ -67,13 +93,11 @@ class NameLookup:
         self.clock = clock
         self.negative_ttl = negative_ttl
         self.max_negative = max_negative
-        self.rate = rate
-        self.burst = burst
         self.counts = LookupCounts()
         self._negative: dict[str, float] = {}  # name -> until when it is answered unknown (insertion ordered)
         self._pending: dict[str, _Pending] = {}
-        self._tokens = burst
-        self._filled = clock.now()
+        self._budget = TokenBucket(clock, rate, burst)
+        self._rechecks = TokenBucket(clock, recheck_rate, recheck_burst)
 
     def known(self, name: str) -> bool:
         return name in self.view.models or name in self.view.routes
@@ -84,16 +108,18 @@ class NameLookup:
         if self.known(name):
             return True
         until = self._negative.get(name)
+        recheck = False
         if until is not None:
-            if until > self.clock.now():
+            if until > self.clock.now() and not self._rechecks.take():
                 self.counts.cached += 1
                 return False
+            recheck = until > self.clock.now()
             del self._negative[name]
         pending = self._pending.get(name)
         if pending is not None:
             self.counts.joined += 1
             return await asyncio.shield(pending.task)
-        if not self._take_token():
+        if not recheck and not self._budget.take():
             self.counts.refused += 1
             return False
         self.health.check()
@@ -148,12 +174,3 @@ class NameLookup:
         while len(self._negative) >= self.max_negative:
             del self._negative[next(iter(self._negative))]
         self._negative[name] = self.clock.now() + self.negative_ttl
-
-    def _take_token(self) -> bool:
-        now = self.clock.now()
-        self._tokens = min(self.burst, self._tokens + (now - self._filled) * self.rate)
-        self._filled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True

@@ -49,7 +49,7 @@ async def test_a_name_created_elsewhere_is_found_and_put_in_the_view(store: Redi
 
 async def test_unknown_names_are_remembered_briefly_and_forgotten_on_their_event(store: RedisStore) -> None:
     clock = FakeClock()
-    lookup = make(store, clock, negative_ttl=2.0)
+    lookup = make(store, clock, negative_ttl=2.0, recheck_rate=0.0, recheck_burst=0.0)
     assert not await lookup.find("x")
     before = reads(store)
     assert not await lookup.find("x")  # remembered: no Redis call
@@ -75,6 +75,26 @@ async def test_a_create_racing_a_lookup_is_not_hidden(store: RedisStore) -> None
     assert await lookup.find("late")
 
 
+async def test_a_name_created_just_after_an_unknown_answer_is_found_before_its_event(store: RedisStore) -> None:
+    """Gateway B answered 'unknown', then the name is created through gateway A and called on B at once, before
+    its event reached B: a re-check finds it. A flood of the same unknown name spends the re-check budget and is
+    then answered from memory, without Redis."""
+    clock = FakeClock()
+    lookup = make(store, clock, recheck_rate=1.0, recheck_burst=2.0)
+    assert not await lookup.find("fresh")
+    await store.put_model(ModelSpec.parse("fresh", {"runtime": "triton"}))
+    assert await lookup.find("fresh")  # no event: found by a re-check
+    assert not await lookup.find("ghost")
+    assert not await lookup.find("ghost")  # re-checked: the last token of the budget of 2 ("fresh" took one)
+    before, cached = reads(store), lookup.counts.cached
+    for _ in range(50):
+        assert not await lookup.find("ghost")
+    assert reads(store) == before and lookup.counts.cached == cached + 50
+    clock.advance(1.0)
+    assert not await lookup.find("ghost")  # a re-check token came back: asked again
+    assert reads(store) > before
+
+
 async def test_concurrent_lookups_of_one_name_share_one_read(store: RedisStore) -> None:
     lookup = make(store, FakeClock())
     before = reads(store)
@@ -84,7 +104,7 @@ async def test_concurrent_lookups_of_one_name_share_one_read(store: RedisStore) 
 
 
 async def test_remembered_names_are_bounded(store: RedisStore) -> None:
-    lookup = make(store, FakeClock(), max_negative=3)
+    lookup = make(store, FakeClock(), max_negative=3, recheck_rate=0.0, recheck_burst=0.0)
     for i in range(5):
         assert not await lookup.find(f"n{i}")
     before = reads(store)
