@@ -4,6 +4,7 @@ in one event loop, clean shutdown.
 The gRPC port is bound first: when it is taken the process exits at once with a message saying so. On
 SIGTERM or SIGINT both listening sockets close, requests in flight on either finish (up to
 `shutdown_grace`), last-used times are flushed, and what the process started (the embedded Redis) is stopped.
+With `--workers N` (N > 1) this process supervises N such gateways on the same ports instead (gateway.workers).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
+from gateway.workers import WorkerHeader, reuseport_grpc_server, reuseport_socket, supervise
 
 log = logging.getLogger("modelyard")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -48,6 +50,8 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings) -> int:
+    if settings.workers > 1:
+        return supervise(settings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         tracing = Tracing(provider_from_env(os.environ))
@@ -90,14 +94,18 @@ def _run_loop(main: object) -> None:
 async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     client = aioredis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
     gateway = Gateway(settings, client, tracing=tracing)
+    worker = settings.worker_index
     try:
-        grpc_server = build_server(gateway.grpc, settings)
+        if worker is None:
+            grpc_server = build_server(gateway.grpc, settings)
+        else:  # one of --workers: the port is shared with the other workers
+            grpc_server = reuseport_grpc_server(gateway.grpc.handlers(), settings)
     except GrpcPortError as exc:
         log.error("%s", exc)
         await client.aclose()
         raise SystemExit(f"modelyard: {exc}") from None
     config = uvicorn.Config(
-        gateway,
+        gateway if worker is None else WorkerHeader(gateway, worker),
         host=settings.host,
         port=settings.http_port,
         lifespan="off",
@@ -116,7 +124,7 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
     log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:
-        await server.serve()
+        await server.serve(sockets=None if worker is None else [reuseport_socket(settings.host, settings.http_port)])
     finally:
         if not server.should_exit:  # uvicorn ended on its own (it could not start): stop gRPC now
             server.should_exit = True

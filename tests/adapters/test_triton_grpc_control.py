@@ -46,8 +46,9 @@ async def test_loads_unloads_and_the_index_go_over_grpc_and_warm_http_requests_g
         load = asyncio.create_task(adapter.load(LoadRequest(COLD)))
         # Warm requests while the other model loads (a Python-backend load takes over a second here): they are
         # answered before that load is, which Triton's HTTP load call would not allow (it holds the HTTP threads).
-        while not any(e.get("name") == COLD for e in (await client.post("/v2/repository/index", json={})).json()):
-            await asyncio.sleep(0.005)
+        index = "/v2/repository/index"
+        while not any(e.get("name") == COLD for e in (await client.post(index, json={})).json()):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # Triton's state, another process's: polled
         answered = 0
         for _ in range(5):
             resp = await client.post(f"/v2/models/{WARM}/infer", json=infer_body([1.0]))
