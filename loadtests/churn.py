@@ -42,22 +42,24 @@ from typing import Any
 import httpx
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
-from loadtests.overhead import (
-    MODEL,
+from loadtests.harness import (
     Phase,
     Target,
-    _pool,
-    _raise_on_errors,
-    _run_loop,
-    check_phase,
     code_version,
     http_request,
     loadavg,
     machine_info,
     percentile,
-    request_body,
+    pool_for,
+    raise_on_errors,
+    run_loop,
     run_phase,
     summarize,
+)
+from loadtests.overhead import (
+    MODEL,
+    check_phase,
+    request_body,
     warm,
 )
 
@@ -142,7 +144,7 @@ async def measure(
     next_churn = {"grpc": 0, "http": 0}
     for target in targets.values():
         await target.pool.top_up(4)
-        _raise_on_errors(check_phase(await run_phase(target, 100, args.rate), expected))
+        raise_on_errors(check_phase(await run_phase(target, 100, args.rate), expected))
     for r in range(args.rounds):
         order = list(KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)])
         summary: dict[str, Any] = {"round": r + 1, "order": order, "phases": {}}
@@ -161,7 +163,7 @@ async def measure(
                     churn.stop()
             errors = check_phase(ph, expected)
             if kind != "churn-http":
-                _raise_on_errors(errors)
+                raise_on_errors(errors)
             failed[kind] += errors
             if churn is not None:
                 next_churn[protocol] += len(churn.cycles)
@@ -214,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body, expected = request_body(args.values)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = loadavg()
+    code = code_version()  # now: the gateway processes load this code as they start
     with LocalStack(workdir, list(MODELS), tritons=2) as stack:
         gateways = {"grpc": stack.add_gateway(prefix="churngrpc"), "http": stack.add_gateway(prefix="churnhttp")}
         register(stack, gateways["grpc"], 0, grpc_control=True)
@@ -223,9 +226,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for protocol, gw in gateways.items():
             warm(gw.url, path, body, expected, f"{MODEL} through the {protocol} gateway")
             targets[protocol] = Target(
-                protocol, gw.url, _pool(gw.url), http_request(gw.url, path, body), [gw.proc.pid] if gw.proc else []
+                protocol, gw.url, pool_for(gw.url), http_request(gw.url, path, body), [gw.proc.pid] if gw.proc else []
             )
-        measured = _run_loop(measure(targets, gateways, args, expected))
+        measured = run_loop(measure(targets, gateways, args, expected))
         warm_loads = {}
         for protocol, gw in gateways.items():
             with stack.admin(gw) as admin:
@@ -236,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "churn",
         "started": started,
         "machine": machine_info(),
-        "code": code_version(),
+        "code": code,
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "setup": {

@@ -47,9 +47,11 @@ import numpy as np
 import tritonclient.grpc.service_pb2 as pb
 
 from deploy.localstack.stack import LocalStack
-from loadtests.overhead import (
+from loadtests.harness import (
     PERCENTILES,
-    TARGET_ADDED_MS,
+    PhaseTimes,
+    add_open_loop_args,
+    check_open_loop_args,
     code_version,
     cpu_split,
     descendants,
@@ -59,8 +61,12 @@ from loadtests.overhead import (
     percentile,
     pkey,
     processes_user_sys_s,
-    summarize,
+    raise_on_errors,
+    summarize_times,
     wait_for_quiet,
+)
+from loadtests.overhead import (
+    TARGET_ADDED_MS,
 )
 
 MODEL_NAMES = ("m000", "m001")
@@ -82,30 +88,14 @@ class Target:
 
 
 @dataclass
-class Phase:
-    target: str
-    rate: float
-    scheduled: list[float]
-    sent: list[float]
-    done: list[float]
+class Phase(PhaseTimes):
+    """One phase of gRPC calls: the times, and each call's status code name and answer."""
+
     codes: list[str]
     answers: list[bytes]
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     other_cpu_pct: float = 0.0
-
-    @property
-    def latency_ms(self) -> list[float]:
-        return [(d - s) * 1e3 for d, s in zip(self.done, self.scheduled, strict=True)]
-
-    @property
-    def send_lag_ms(self) -> list[float]:
-        return [(a - s) * 1e3 for a, s in zip(self.sent, self.scheduled, strict=True)]
-
-    @property
-    def achieved_rate(self) -> float:
-        span = max(self.done) - min(self.sent)
-        return len(self.done) / span if span > 0 else math.inf
 
 
 def request_message(values: int) -> tuple[bytes, list[float]]:
@@ -192,32 +182,20 @@ def run_phase(target: Target, body: bytes, n: int, rate: float, ours: Sequence[i
 
 
 def summarize_phases(phases: Sequence[Phase]) -> dict[str, Any]:
-    lat = [x for ph in phases for x in ph.latency_ms]
-    n = len(lat)
+    n = sum(len(ph.done) for ph in phases)
     return {
-        "requests": n,
-        "latency_ms": summarize(lat),
-        "send_lag_ms": summarize([x for ph in phases for x in ph.send_lag_ms]),
-        "achieved_rate": round(
-            sum(len(ph.done) for ph in phases) / sum(len(ph.done) / ph.achieved_rate for ph in phases), 2
-        ),
+        **summarize_times(phases),
         "server_cpu_us_per_request": round(sum(ph.server_cpu_s for ph in phases) / n * 1e6, 1),
         "client_cpu_us_per_request": round(sum(ph.client_cpu_s for ph in phases) / n * 1e6, 1),
         "other_cpu_pct_max": round(max(ph.other_cpu_pct for ph in phases), 1),
     }
 
 
-def _raise_on_errors(errors: list[str]) -> None:
-    if errors:
-        shown = "\n  ".join(errors[:10])
-        raise SystemExit(f"{len(errors)} wrong answers (first ones):\n  {shown}")
-
-
 def measure(targets: list[Target], body: bytes, expected: list[float], args: argparse.Namespace) -> list[Phase]:
     ours = sorted({os.getpid(), *(pid for t in targets for pid in t.pids)})
     for t in targets:
         if args.warmup:
-            _raise_on_errors(check_phase(run_phase(t, body, args.warmup, args.rate, ours), expected))
+            raise_on_errors(check_phase(run_phase(t, body, args.warmup, args.rate, ours), expected))
     phases: list[Phase] = []
     for r in range(args.rounds):
         shift = r % len(targets)
@@ -226,9 +204,9 @@ def measure(targets: list[Target], body: bytes, expected: list[float], args: arg
             if args.quiet > 0:
                 asyncio.run(wait_for_quiet(ours, args.quiet, args.quiet_wait))
             if args.phase_warmup:
-                _raise_on_errors(check_phase(run_phase(t, body, args.phase_warmup, args.rate, ours), expected))
+                raise_on_errors(check_phase(run_phase(t, body, args.phase_warmup, args.rate, ours), expected))
             ph = run_phase(t, body, args.requests, args.rate, ours)
-            _raise_on_errors(check_phase(ph, expected))
+            raise_on_errors(check_phase(ph, expected))
             phases.append(ph)
             s = sorted(ph.latency_ms)
             print(
@@ -364,25 +342,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Latency the gateway adds over calling Triton directly over gRPC (warm model, open loop).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--rate", type=float, default=200.0, help="calls per second in every phase")
-    p.add_argument("--requests", type=int, default=2000, help="measured calls per phase")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; each has one phase per target")
-    p.add_argument("--warmup", type=int, default=500, help="unmeasured calls per target before round 1")
-    p.add_argument("--phase-warmup", type=int, default=50, help="unmeasured calls before every phase")
-    p.add_argument("--values", type=int, default=16, help="FP32 values in the request")
-    p.add_argument(
-        "--quiet",
-        type=float,
-        default=10.0,
-        metavar="PCT",
-        help="before each phase, wait for a 1 s window where other processes use under PCT%% of the machine (0: off)",
-    )
-    p.add_argument("--quiet-wait", type=float, default=120.0, metavar="S", help="longest wait for --quiet, seconds")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
+    add_open_loop_args(p, "calls")
     args = p.parse_args(argv)
-    if args.rate <= 0 or args.requests < 1 or args.rounds < 1 or args.values < 1:
-        p.error("--rate, --requests, --rounds and --values must be positive")
+    check_open_loop_args(p, args)
     return args
 
 

@@ -34,18 +34,20 @@ from typing import Any
 import httpx
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
-from loadtests.overhead import (
-    MODEL,
-    MODEL_NAMES,
+from loadtests.harness import (
     Pool,
-    _pool,
-    _run_loop,
-    check_answer,
     code_version,
     http_request,
     loadavg,
     machine_info,
     percentile,
+    pool_for,
+    run_loop,
+)
+from loadtests.overhead import (
+    MODEL,
+    MODEL_NAMES,
+    check_answer,
     request_body,
     warm,
 )
@@ -120,7 +122,7 @@ async def measure(
         order = targets[shift:] + targets[:shift]
         phases = {}
         for name, url, request in order:
-            phases[name] = await closed_loop(_pool(url), request, expected, args.concurrency, args.seconds)
+            phases[name] = await closed_loop(pool_for(url), request, expected, args.concurrency, args.seconds)
             print(f"round {r + 1}/{args.rounds} {name:<10} {phases[name]}", file=sys.stderr)
         rounds.append({"round": r + 1, "order": [t[0] for t in order], "phases": phases})
     medians = {
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = f"/v2/models/{MODEL}/infer"
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = loadavg()
+    code = code_version()  # now: the gateway processes load this code as they start
     with (
         tempfile.TemporaryDirectory(prefix="modelyard-workers-") as tmp,
         LocalStack(Path(tmp), MODEL_NAMES, tritons=1) as stack,
@@ -160,12 +163,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets.append((f"workers-{n}", gw.url, http_request(gw.url, path, body)))
         warm(t.url, path, body, expected, "the model on Triton")  # loaded by the first gateway
         targets.insert(0, ("direct", t.url, http_request(t.url, path, body)))
-        measured = _run_loop(measure(targets, args, expected))
+        measured = run_loop(measure(targets, args, expected))
     return {
         "benchmark": "workers",
         "started": started,
         "machine": machine_info(),
-        "code": code_version(),
+        "code": code,
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "setup": {
