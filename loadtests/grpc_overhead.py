@@ -32,6 +32,8 @@ import json
 import math
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +49,7 @@ import numpy as np
 import tritonclient.grpc.service_pb2 as pb
 
 from deploy.localstack.stack import LocalStack
+from deploy.localstack.triton import free_port
 from loadtests.harness import (
     PERCENTILES,
     PhaseTimes,
@@ -218,6 +221,18 @@ def measure(targets: list[Target], body: bytes, expected: list[float], args: arg
     return phases
 
 
+def start_prototype(mode: str, upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """loadtests.prototypes.grpc_forward in `mode`, forwarding to `upstream`; waits until it takes calls."""
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "loadtests.prototypes.grpc_forward", "--mode", mode]
+    log = open(workdir / f"proto-{mode}.log", "ab")
+    proc = subprocess.Popen([*cmd, "--listen", address, "--upstream", upstream], stdout=log, stderr=log)
+    log.close()
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    return proc, address
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     body, expected = request_message(args.values)
     tmp = None
@@ -230,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = loadavg()
     code = code_version()
     targets: list[Target] = []
+    prototypes: list[subprocess.Popen[bytes]] = []
     try:
         with LocalStack(workdir, MODEL_NAMES, tritons=1) as stack:
             gw = stack.add_gateway()
@@ -242,7 +258,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway = Target("gateway", gw.grpc_url, grpc.insecure_channel(gw.grpc_url))
             gateway.pids = [gw.proc.pid] if gw.proc else []
             targets = [direct, gateway]
-            for t in (gateway, direct):  # through the gateway first: that call loads the model
+            for mode in args.prototype:
+                proc, address = start_prototype(mode, triton.grpc_url, workdir)
+                prototypes.append(proc)
+                targets.append(Target(f"proto-{mode}", address, grpc.insecure_channel(address), [proc.pid]))
+            for t in (gateway, direct, *targets[2:]):  # through the gateway first: that call loads the model
                 answer = t.method()(body, timeout=180)
                 problem = check_answer("OK", answer, expected)
                 if problem is not None:
@@ -252,12 +272,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for t in targets:
             t.channel.close()
+        for proc in prototypes:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
         if tmp is not None:
             tmp.cleanup()
 
     by_target = {t.name: summarize_phases([ph for ph in phases if ph.target == t.name]) for t in targets}
     direct_lat = by_target["direct"]["latency_ms"]
-    added = {k: round(v - direct_lat[k], 4) for k, v in by_target["gateway"]["latency_ms"].items()}
+    added_by = {
+        name: {k: round(v - direct_lat[k], 4) for k, v in t["latency_ms"].items()}
+        for name, t in by_target.items()
+        if name != "direct"
+    }
+    added = added_by["gateway"]
     return {
         "benchmark": "gateway overhead over gRPC (loadtests/grpc_overhead.py)",
         "date": date,
@@ -280,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "targets": by_target,
         "added_ms": added,
+        "added_ms_by_target": added_by,
         "verdict": {
             "added_p50_ms": added["p50"],
             "added_p99_ms": added["p99"],
@@ -302,7 +331,8 @@ def report(result: dict[str, Any]) -> str:
             else ""
         ),
         f"  setup: 1 Triton, model {s['model']}, {s['values']} FP32 values ({s['message_bytes']}-byte message)",
-        f"  {s['rounds']} rounds x 2 phases x {s['requests']} calls at {s['rate']:g} calls/s, open loop",
+        f"  {s['rounds']} rounds x {len(result['targets'])} phases x {s['requests']} calls at {s['rate']:g} calls/s, "
+        "open loop",
         f"  client: {s['client']}",
         "",
         "  latency from scheduled send to answer, ms"
@@ -316,10 +346,10 @@ def report(result: dict[str, Any]) -> str:
             + "".join(f"{lat[pkey(p)]:>9.3f}" for p in PERCENTILES)
             + f"{lat['mean']:>9.3f}{lat['max']:>9.2f}"
         )
-    a = result["added_ms"]
-    lines.append(
-        f"  {'added by the gateway':<40}" + "".join(f"{a[pkey(p)]:>9.3f}" for p in PERCENTILES) + f"{a['mean']:>9.3f}"
-    )
+    for name, a in result["added_ms_by_target"].items():
+        lines.append(
+            f"  {'added by ' + name:<40}" + "".join(f"{a[pkey(p)]:>9.3f}" for p in PERCENTILES) + f"{a['mean']:>9.3f}"
+        )
     lines.append("")
     for name, t in result["targets"].items():
         lines.append(
@@ -343,6 +373,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_open_loop_args(p, "calls")
+    p.add_argument(
+        "--prototype",
+        action="append",
+        default=[],
+        choices=("sync", "aio"),
+        help="also measure loadtests.prototypes.grpc_forward in this mode in front of Triton (repeatable)",
+    )
     args = p.parse_args(argv)
     check_open_loop_args(p, args)
     return args
