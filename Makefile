@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -38,6 +38,12 @@ bench-grpc: setup
 
 bench-hedging: setup
 	$(PY) -m loadtests.hedging $(ARGS)
+
+bench-churn: setup
+	$(PY) -m loadtests.churn $(ARGS)
+
+bench-workers: setup
+	$(PY) -m loadtests.workers $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from adapters.sources import SourceSettings, default_cache_dir
 from gateway.metrics import LabelPolicy
 from gateway.settings import Settings
+from gateway.workers import parse_workers
 from placement.settings import PlacementSettings
 
 
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="model and route names with a label of their own in /metrics: top:N (busiest N), a comma-separated "
         "list of names, or both (top:20,fraud-v3); the rest are counted as model=_other",
     )
+    add(
+        "--workers",
+        "MODELYARD_WORKERS",
+        "1",
+        help="gateway processes on the same ports, sharing one Redis and behaving as one gateway; auto: one per core",
+    )
     return parser
 
 
@@ -132,6 +139,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.log_format not in ("json", "text", "auto"):
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
     try:
+        workers = parse_workers(args.workers)
+    except ValueError as exc:
+        raise SystemExit(f"modelyard: {exc}") from None
+    try:
         LabelPolicy.parse(args.metrics_models)
     except ValueError as exc:
         raise SystemExit(f"modelyard: --metrics-models: {exc}") from None
@@ -149,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         metrics_models=args.metrics_models,
         data_dir=args.data_dir,
         config=args.config or None,
+        workers=workers,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,

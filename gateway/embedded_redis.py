@@ -195,3 +195,19 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_persistent(data_dir: Path) -> tuple[RedisServer, DataDirLock]:
+    """The embedded Redis of a gateway without --redis-url: lock `data_dir` (DataDirLocked when another gateway
+    has it), then start Redis with its append-only file there. Stop the server, then release the lock."""
+    data_dir = data_dir.resolve()
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    assert lock.fd is not None
+    server = RedisServer(log_path=data_dir / "redis.log", data_dir=data_dir, keep_fds=(lock.fd,))
+    try:
+        server.start()
+    except BaseException:
+        lock.release()
+        raise
+    return server, lock

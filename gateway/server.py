@@ -6,6 +6,7 @@ SIGTERM or SIGINT both listening sockets close, requests in flight on either fin
 `shutdown_grace`), last-used times are flushed, and what the process started (the embedded Redis) is stopped.
 The embedded Redis keeps its append-only file in `--data-dir`, locked (`DataDirLock`) against a second
 gateway; `--config` is applied once the gateway is ready (`gateway.ctl.serve_config`).
+With `--workers N` (N > 1) this process supervises N such gateways on the same ports instead (gateway.workers).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import uvicorn
 
 from gateway.app import Gateway
 from gateway.ctl.serve_config import apply_config_when_ready
-from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer
+from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer, start_persistent
 from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
+from gateway.workers import WorkerHeader, reuseport_grpc_server, reuseport_socket, supervise
 from placement.redis_health import client as redis_client
 
 log = logging.getLogger("modelyard")
@@ -59,6 +61,8 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings) -> int:
+    if settings.workers > 1:
+        return supervise(settings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         tracing = Tracing(provider_from_env(os.environ))
@@ -71,14 +75,10 @@ def run(settings: Settings) -> int:
     redis_url = settings.redis_url
     if not redis_url:
         data_dir = Path(settings.data_dir).resolve()
-        lock = DataDirLock(data_dir)
         try:
-            lock.acquire()
+            embedded, lock = start_persistent(data_dir)
         except (DataDirLocked, OSError) as exc:  # one line on stderr, exit status 1
             raise SystemExit(f"modelyard: {exc}") from None
-        assert lock.fd is not None
-        embedded = RedisServer(log_path=data_dir / "redis.log", data_dir=data_dir, keep_fds=(lock.fd,))
-        embedded.start()
         redis_url = embedded.url
         log.warning(
             "no --redis-url given: started an embedded Redis at %s (pid %s) for single-gateway use; it keeps "
@@ -113,14 +113,18 @@ def _run_loop(main: object) -> None:
 async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     client = redis_client(redis_url)  # every command bounded in time (placement.redis_health)
     gateway = Gateway(settings, client, tracing=tracing)
+    worker = settings.worker_index
     try:
-        grpc_server = build_server(gateway.grpc, settings)
+        if worker is None:
+            grpc_server = build_server(gateway.grpc, settings)
+        else:  # one of --workers: the port is shared with the other workers
+            grpc_server = reuseport_grpc_server(gateway.grpc.handlers(), settings)
     except GrpcPortError as exc:
         log.error("%s", exc)
         await client.aclose()
         raise SystemExit(f"modelyard: {exc}") from None
     config = uvicorn.Config(
-        gateway,
+        gateway if worker is None else WorkerHeader(gateway, worker),
         host=settings.host,
         port=settings.http_port,
         lifespan="off",
@@ -137,15 +141,15 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     await grpc_server.start()
     grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
-    applying = (
+    applying = (  # one of --workers applies the fleet file for all of them
         asyncio.create_task(apply_config_when_ready(gateway, settings, lambda: server.started))
-        if settings.config
+        if settings.config and not worker
         else None
     )
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
     log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:
-        await server.serve()
+        await server.serve(sockets=None if worker is None else [reuseport_socket(settings.host, settings.http_port)])
     finally:
         if not server.should_exit:  # uvicorn ended on its own (it could not start): stop gRPC now
             server.should_exit = True

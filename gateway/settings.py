@@ -35,3 +35,7 @@ class Settings:
     config: str | None = None  # a fleet file applied once the gateway is ready (gateway.ctl.fleet)
     placement: PlacementSettings = field(default_factory=PlacementSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)  # model sources and their disk cache
+    # --workers (gateway.workers): processes on the same ports; worker_index is set in each of them, None in a
+    # single-process gateway.
+    workers: int = 1
+    worker_index: int | None = None
