@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable
 
 from adapters.base import RuntimeAdapter
 from placement.clock import Clock
+from placement.eviction import EVICTIONS
 from placement.loader import Loader
-from placement.policy import CHOOSERS, EVICTIONS
+from placement.policy import CHOOSERS
 from placement.reconcile import Reconciler
 from placement.records import BackendSpec, CopyState, ModelSpec
 from placement.settings import PlacementSettings
@@ -46,7 +47,7 @@ class Placer:
             settings,
             clock,
             CHOOSERS[settings.backend_chooser](),
-            EVICTIONS[settings.eviction_policy](),
+            EVICTIONS[settings.eviction_policy](clock),
         )
         self.reconciler = Reconciler(store, self.view, self.loader, self.adapter, settings, clock)
         self.view.on_backends_changed = self._backends_changed

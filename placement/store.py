@@ -17,6 +17,7 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:routes                   HASH route name -> spec JSON (splits, shadows, sticky_header, hedge)
     p:requests                 HASH model -> requests served, ever (summed over gateways, written in batches);
                                the reconcile leader turns it into rates to scale copies
+    p:loadsec                  HASH model -> learned seconds of one load (moving average; eviction weighs it)
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
 
 Capacity is only ever taken by `reserve`, which counts the backend's copies and reserves the slot in one
@@ -211,6 +212,16 @@ class Snapshot:
     routes: dict[str, RouteSpec] = field(default_factory=dict)
 
 
+# A model's load time, smoothed: the first load sets it, each later one moves it 30% of the way.
+_LOAD_SECONDS = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local v = tonumber(ARGV[2])
+if old then v = 0.7 * old + 0.3 * v end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(v))
+return 1
+"""
+
+
 class RedisStore:
     """Typed access to modelyard's Redis. One per gateway; it does no I/O until called."""
 
@@ -230,6 +241,7 @@ class RedisStore:
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._sent_set = client.register_script(_SENT_SET)
         self._put_route = client.register_script(_PUT_ROUTE)
+        self._load_seconds = client.register_script(_LOAD_SECONDS)
 
     # -- keys ------------------------------------------------------------------------------------------
     def k_backend(self, bid: str) -> str:
@@ -464,6 +476,27 @@ class RedisStore:
             for model, n in (requests or {}).items():
                 pipe.hincrby(f"{self.p}:requests", model, n)
             await pipe.execute()
+
+    async def note_load_seconds(self, model: str, seconds: float) -> None:
+        """Learn how long one load of `model` takes (a moving average over its loads; cold path only)."""
+        self._count("script")
+        await self._load_seconds(keys=[f"{self.p}:loadsec"], args=[model, seconds])
+
+    async def eviction_facts(self, models: Iterable[str]) -> dict[str, tuple[int, float]]:
+        """(requests since registration, learned load seconds) of each model, in one round trip; (0, 0.0) when
+        nothing is known. What eviction policies weigh besides last use (cold path only)."""
+        names = list(dict.fromkeys(models))
+        if not names:
+            return {}
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(f"{self.p}:requests", names)
+            pipe.hmget(f"{self.p}:loadsec", names)
+            counts, secs = await pipe.execute()
+        return {
+            m: (int(n) if n is not None else 0, float(s) if s is not None else 0.0)
+            for m, n, s in zip(names, counts, secs, strict=True)
+        }
 
     async def request_counts(self) -> dict[str, int]:
         """Requests served per model since it was registered, summed over every gateway's flushes."""
