@@ -1,0 +1,159 @@
+"""The simulation: requests of a trace against backends with model-count and byte capacities, on a fake clock.
+
+It drives modelyard's own decision objects, as `placement.loader.Loader._reserve` does: the `BackendChooser`
+ranks the backends where the model fits (`BackendLoad.fits`), and when none has room the `EvictionPolicy` ranks
+the ready copies and the first is evicted (`evicted` is then called), until the model fits. Simplifications,
+stated: a request is served in no time once its model is ready (so nothing is ever in flight on a ready copy);
+a request for a model being loaded waits for that load; loads on one backend run in parallel; unloads are
+instant; the learned load cost of a model is its true cost once it has been loaded once (0 before).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from loadtests.sim.trace import Trace
+from placement.clock import FakeClock
+from placement.eviction import EvictionCandidate, EvictionPolicy
+from placement.policy import BackendChooser, BackendLoad
+from placement.records import ModelSpec
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    models: int
+    memory_bytes: int | None = None
+
+
+@dataclass
+class Result:
+    policy: str
+    requests: int = 0
+    misses: int = 0  # loads started
+    load_seconds: float = 0.0
+    bytes_loaded: int = 0
+    waited: int = 0  # requests that waited for a load
+    wait_seconds: float = 0.0
+    evictions: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def miss_ratio(self) -> float:
+        return self.misses / max(1, self.requests)
+
+
+@dataclass
+class _Copy:
+    backend: str
+    ready_at: float
+    loaded_at: float = 0.0
+
+
+class Simulation:
+    def __init__(
+        self, trace: Trace, backends: list[Backend], chooser: BackendChooser, policy: EvictionPolicy, clock: FakeClock
+    ) -> None:
+        self.trace = trace
+        self.backends = {b.name: b for b in backends}
+        self.chooser = chooser
+        self.policy = policy
+        self.clock = clock
+        self.copies: dict[str, _Copy] = {}
+        self.used = {b.name: [0, 0] for b in backends}  # models, bytes
+        self.last_used: dict[str, float] = {}
+        self.requests: dict[str, int] = {}
+        self.learned: dict[str, float] = {}
+        self.loading: list[tuple[float, str]] = []
+        self.result = Result(policy.name)
+        self.specs = {m: ModelSpec(m, "triton", memory_bytes=s) for m, s in trace.sizes.items()}
+
+    def run(self) -> Result:
+        for t, model in self.trace.requests:
+            self._advance(t)
+            self.request(model)
+        return self.result
+
+    def _advance(self, t: float) -> None:
+        while self.loading and self.loading[0][0] <= t:
+            ready_at, model = heapq.heappop(self.loading)
+            copy = self.copies.get(model)
+            if copy is not None and copy.ready_at == ready_at:
+                copy.loaded_at = ready_at
+                self.learned[model] = self.trace.costs[model]
+        self.clock.t = max(self.clock.t, t)
+
+    def request(self, model: str) -> None:
+        now = self.clock.now()
+        r = self.result
+        r.requests += 1
+        self.requests[model] = self.requests.get(model, 0) + 1
+        copy = self.copies.get(model)
+        if copy is None:
+            copy = self._load(model)
+        if copy.ready_at > now:
+            r.waited += 1
+            r.wait_seconds += copy.ready_at - now
+        self.last_used[model] = max(now, copy.ready_at)
+
+    def _loads(self) -> list[BackendLoad]:
+        return [
+            BackendLoad(b.name, self.used[b.name][0], b.models, self.used[b.name][1], b.memory_bytes)
+            for b in self.backends.values()
+        ]
+
+    def candidates(self) -> list[EvictionCandidate]:
+        now = self.clock.now()
+        return [
+            EvictionCandidate(
+                m,
+                c.backend,
+                self.last_used.get(m, c.loaded_at),
+                memory_bytes=self.trace.sizes[m],
+                loaded_at=c.loaded_at,
+                requests=self.requests.get(m, 0),
+                load_seconds=self.learned.get(m, 0.0),
+            )
+            for m, c in self.copies.items()
+            if c.ready_at <= now
+        ]
+
+    def _load(self, model: str) -> _Copy:
+        spec = self.specs[model]
+        start = self.clock.now()
+        while True:
+            loads = [b for b in self._loads() if b.could_ever_fit(spec)]
+            if not loads:
+                raise ValueError(f"{model} fits no backend")
+            fitting = self.chooser.rank(spec, [b for b in loads if b.fits(spec)])
+            if fitting:
+                break
+            ranked = self.policy.rank(self.candidates())
+            if ranked:
+                self._evict(ranked[0])
+            elif self.loading:
+                # Every slot is held by a load: wait for the first to finish, as the loader polls for a slot.
+                self._advance(self.loading[0][0])
+            else:
+                raise ValueError(f"{model} can't be placed")
+        backend = fitting[0].backend
+        cost = self.trace.costs[model]
+        copy = _Copy(backend, self.clock.now() + cost)
+        self.copies[model] = copy
+        self.used[backend][0] += 1
+        self.used[backend][1] += spec.memory_bytes
+        heapq.heappush(self.loading, (copy.ready_at, model))
+        r = self.result
+        r.misses += 1
+        r.load_seconds += cost
+        r.bytes_loaded += spec.memory_bytes
+        r.extra["slot_wait_seconds"] = r.extra.get("slot_wait_seconds", 0.0) + self.clock.now() - start
+        return copy
+
+    def _evict(self, cand: EvictionCandidate) -> None:
+        copy = self.copies.pop(cand.model)
+        self.used[copy.backend][0] -= 1
+        self.used[copy.backend][1] -= self.trace.sizes[cand.model]
+        self.policy.evicted(cand)
+        self.result.evictions += 1
