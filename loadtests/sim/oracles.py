@@ -30,7 +30,7 @@ class Belady:
 
 
 class BeladySize(Belady):
-    """Size-aware oracle: evict the copy with the largest (time to next request) × size / load cost, i.e. the one
+    """Size-aware oracle: evict the copy with the largest (time to next request) * size / load cost, i.e. the one
     holding the most byte-seconds per second of load it would cost to bring back. A heuristic bound where sizes
     differ (the exact size-aware optimum is NP-hard); with equal sizes and costs it is Belady's MIN."""
 

@@ -20,7 +20,8 @@ from placement.policy import MostFreeFirst
 PolicyFactory = Callable[[Trace, FakeClock], EvictionPolicy]
 
 POLICIES: dict[str, PolicyFactory] = {
-    **{name: (lambda make: lambda trace, clock: make(clock))(make) for name, make in EVICTIONS.items()},
+    "lru": lambda trace, clock: EVICTIONS["lru"](clock),
+    "gdsf": lambda trace, clock: EVICTIONS["gdsf"](clock),
     "gdsf-nosize": lambda trace, clock: GreedyDualSizeFrequency(clock, use_size=False),
     "gdsf-linear": lambda trace, clock: GreedyDualSizeFrequency(clock, log_frequency=False),
     "belady": Belady,
@@ -52,7 +53,7 @@ def table(title: str, results: list[Result], base: str = "lru") -> str:
     rows = [
         f"### {title}",
         "",
-        "| policy | misses | miss ratio | × belady misses | load-s | vs LRU load-s | GiB loaded | requests waited | wait-s |",
+        "| policy | misses | miss ratio | x Belady misses | load-s | vs LRU load-s | GiB loaded | waited | wait-s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     bel = next((r for r in results if r.policy == "belady"), None)
