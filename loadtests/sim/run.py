@@ -23,7 +23,7 @@ POLICIES: dict[str, PolicyFactory] = {
     "lru": lambda trace, clock: EVICTIONS["lru"](clock),
     "gdsf": lambda trace, clock: EVICTIONS["gdsf"](clock),
     "gdsf-nosize": lambda trace, clock: GreedyDualSizeFrequency(clock, use_size=False),
-    "gdsf-linear": lambda trace, clock: GreedyDualSizeFrequency(clock, log_frequency=False),
+    "gdsf-log": lambda trace, clock: GreedyDualSizeFrequency(clock, log_frequency=True),
     "belady": Belady,
     "belady-size": BeladySize,
 }

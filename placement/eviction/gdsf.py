@@ -28,9 +28,9 @@ class GreedyDualSizeFrequency:
         self,
         clock: Clock,
         *,
-        min_residency: float = 2.0,
+        min_residency: float = 0.5,
         default_cost: float = 1.0,
-        log_frequency: bool = True,
+        log_frequency: bool = False,
         use_size: bool = True,
     ) -> None:
         self._clock = clock
@@ -60,9 +60,9 @@ class GreedyDualSizeFrequency:
     def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
         now = self._clock.now()
 
-        def key(c: EvictionCandidate) -> tuple[bool, float, str, str]:
+        def key(c: EvictionCandidate) -> tuple[bool, float, float, str, str]:
             young = c.loaded_at > 0 and now - c.loaded_at < self.min_residency
-            return (young, self.score(c), c.backend, c.model)
+            return (young, self.score(c), c.last_used, c.backend, c.model)
 
         return sorted(candidates, key=key)
 
