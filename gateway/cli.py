@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from adapters.sources import SourceSettings, default_cache_dir
 from gateway.metrics import LabelPolicy
 from gateway.settings import Settings
+from placement.eviction import EVICTIONS
 from placement.settings import PlacementSettings
 
 
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model and route names with a label of their own in /metrics: top:N (busiest N), a comma-separated "
         "list of names, or both (top:20,fraud-v3); the rest are counted as model=_other",
     )
+    add(
+        "--eviction",
+        "MODELYARD_EVICTION",
+        "gdsf",
+        help="eviction policy: gdsf (cost-, size- and frequency-aware Greedy-Dual, measured best in "
+        "docs/benchmarks.md) or lru (plain least recently used)",
+    )
     return parser
 
 
@@ -116,6 +124,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     if args.log_format not in ("json", "text", "auto"):
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
+    if args.eviction not in EVICTIONS:
+        raise SystemExit(f"modelyard: --eviction must be one of {', '.join(EVICTIONS)}, got {args.eviction!r}")
     try:
         LabelPolicy.parse(args.metrics_models)
     except ValueError as exc:
@@ -138,6 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             lease_ttl=args.lease_ttl,
             usage_flush_interval=args.usage_flush_interval,
             scale_up_rate=args.copy_scale_up_rate,
+            eviction_policy=args.eviction,
         ),
         sources=SourceSettings(
             cache_dir=args.model_cache_dir,
