@@ -370,7 +370,14 @@ class Loader:
     ) -> list[EvictionCandidate]:
         """The ready copies on `backends` that may be evicted now, with what the policy weighs (Redis reads)."""
         copies = [c for bid in backends for c in held.get(bid, []) if c.state is CopyState.READY]
-        copies = [c for c in copies if self._evictable(c.model, c.backend)]
+        return await self._candidates([c for c in copies if self._evictable(c.model, c.backend)])
+
+    async def policy_scores(self, copies: list[CopyRecord]) -> dict[tuple[str, str], float]:
+        """The eviction policy's score of each ready copy, (model, backend) -> score (higher: kept longer)."""
+        cands = await self._candidates([c for c in copies if c.state is CopyState.READY])
+        return {(c.model, c.backend): self.eviction.score(c) for c in cands}
+
+    async def _candidates(self, copies: list[CopyRecord]) -> list[EvictionCandidate]:
         facts = await self.store.eviction_facts(c.model for c in copies)
         lru = {bid: await self.store.lru_of(bid) for bid in {c.backend for c in copies}}
         out = []
