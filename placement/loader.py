@@ -383,7 +383,7 @@ class Loader:
         out = []
         for c in copies:
             spec = self.view.models.get(c.model)
-            requests, seconds = facts.get(c.model, (0, 0.0))
+            requests, seconds, gap = facts.get(c.model, (0, 0.0, 0.0))
             out.append(
                 EvictionCandidate(
                     c.model,
@@ -393,6 +393,7 @@ class Loader:
                     loaded_at=c.since,
                     requests=requests,
                     load_seconds=seconds,
+                    mean_gap=gap,
                 )
             )
         return out

@@ -5,7 +5,8 @@ ranks the backends where the model fits (`BackendLoad.fits`), and when none has 
 the ready copies and the first is evicted (`evicted` is then called), until the model fits. Simplifications,
 stated: a request is served in no time once its model is ready (so nothing is ever in flight on a ready copy);
 a request for a model being loaded waits for that load; loads on one backend run in parallel; unloads are
-instant; the learned load cost of a model is its true cost once it has been loaded once (0 before).
+instant; the learned load cost of a model is its true cost once it has been loaded once (0 before); arrival
+gaps are learned request by request (the gateways learn them per batched usage write).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from loadtests.sim.trace import Trace
+from placement.arrivals import update_gap
 from placement.clock import FakeClock
 from placement.eviction import EvictionCandidate, EvictionPolicy
 from placement.policy import BackendChooser, BackendLoad
@@ -65,6 +67,8 @@ class Simulation:
         self.last_used: dict[str, float] = {}
         self.requests: dict[str, int] = {}
         self.learned: dict[str, float] = {}
+        self.arrived: dict[str, float] = {}  # last request of each model (the gateways' p:lastused)
+        self.gaps: dict[str, float] = {}  # learned mean gap between requests (p:gaps)
         self.loading: list[tuple[float, str]] = []
         self.result = Result(policy.name)
         self.specs = {m: ModelSpec(m, "triton", memory_bytes=s) for m, s in trace.sizes.items()}
@@ -89,6 +93,10 @@ class Simulation:
         r = self.result
         r.requests += 1
         self.requests[model] = self.requests.get(model, 0) + 1
+        gap = update_gap(self.gaps.get(model), self.arrived.get(model), now, 1)
+        if gap is not None:
+            self.gaps[model] = gap
+        self.arrived[model] = now
         copy = self.copies.get(model)
         if copy is None:
             copy = self._load(model)
@@ -114,6 +122,7 @@ class Simulation:
                 loaded_at=c.loaded_at,
                 requests=self.requests.get(m, 0),
                 load_seconds=self.learned.get(m, 0.0),
+                mean_gap=self.gaps.get(m, 0.0),
             )
             for m, c in self.copies.items()
             if c.ready_at <= now

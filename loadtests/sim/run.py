@@ -14,7 +14,7 @@ from loadtests.sim.engine import Backend, Result, Simulation
 from loadtests.sim.oracles import Belady, BeladySize
 from loadtests.sim.trace import GB, Trace, azure_dir, azure_trace, lognormal_sizes, uniform_costs, zipf_trace
 from placement.clock import FakeClock
-from placement.eviction import EVICTIONS, EvictionPolicy, GreedyDualSizeFrequency
+from placement.eviction import EVICTIONS, EvictionPolicy, GreedyDualSizeFrequency, PredictedNextUse
 from placement.policy import MostFreeFirst
 
 PolicyFactory = Callable[[Trace, FakeClock], EvictionPolicy]
@@ -22,6 +22,8 @@ PolicyFactory = Callable[[Trace, FakeClock], EvictionPolicy]
 POLICIES: dict[str, PolicyFactory] = {
     "lru": lambda trace, clock: EVICTIONS["lru"](clock),
     "gdsf": lambda trace, clock: EVICTIONS["gdsf"](clock),
+    "nextuse": lambda trace, clock: EVICTIONS["nextuse"](clock),
+    "nextuse-nosize": lambda trace, clock: PredictedNextUse(clock, use_size=False),
     "gdsf-nosize": lambda trace, clock: GreedyDualSizeFrequency(clock, use_size=False),
     "gdsf-log": lambda trace, clock: GreedyDualSizeFrequency(clock, log_frequency=True),
     "belady": Belady,
@@ -53,24 +55,35 @@ def table(title: str, results: list[Result], base: str = "lru") -> str:
     rows = [
         f"### {title}",
         "",
-        "| policy | misses | miss ratio | x Belady misses | load-s | vs LRU load-s | GiB loaded | waited | wait-s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| policy | misses | miss ratio | x Belady misses | load-s | vs LRU load-s | gap closed | GiB loaded | waited "
+        "| wait-s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     bel = next((r for r in results if r.policy == "belady"), None)
+    oracles = [r.load_seconds for r in results if r.policy.startswith("belady")]
+    best = min(oracles) if oracles else None
     for r in results:
         rows.append(
             f"| {r.policy} | {r.misses:,} | {r.miss_ratio:.4f} | "
             f"{r.misses / bel.misses if bel and bel.misses else float('nan'):.2f} | {r.load_seconds:,.0f} | "
             f"{(r.load_seconds / ref.load_seconds - 1) * 100 if ref.load_seconds else 0:+.1f}% | "
+            f"{_closed(ref.load_seconds, r.load_seconds, best)} | "
             f"{r.bytes_loaded / GB:,.1f} | {r.waited:,} | {r.wait_seconds:,.0f} |"
         )
     return "\n".join(rows)
 
 
+def _closed(lru: float, policy: float, oracle: float | None) -> str:
+    """The share of the load-seconds gap between LRU and the better oracle that `policy` closes."""
+    if oracle is None or lru <= oracle:
+        return "-"
+    return f"{(lru - policy) / (lru - oracle):.0%}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtests.sim.run", description=__doc__)
     ap.add_argument("scenario", choices=["zipf", "sized", "azure"])
-    ap.add_argument("--policies", default="lru,gdsf,belady,belady-size")
+    ap.add_argument("--policies", default="lru,gdsf,nextuse,belady,belady-size")
     ap.add_argument("--alphas", default="0.8,1.0,1.2")
     ap.add_argument("--capacities", default=None, help="share of models (zipf) or bytes (sized, azure), e.g. 0.1")
     ap.add_argument("--backends", type=int, default=4)

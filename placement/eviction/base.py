@@ -21,6 +21,7 @@ class EvictionCandidate:
     loaded_at: float = 0.0  # when this copy became ready (0 unknown)
     requests: int = 0  # requests the model served since it was registered, every gateway: survives eviction
     load_seconds: float = 0.0  # learned time of one load of this model (0: never measured)
+    mean_gap: float = 0.0  # learned mean seconds between its requests, every gateway (0: not known yet)
 
 
 class EvictionPolicy(Protocol):

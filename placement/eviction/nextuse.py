@@ -1,0 +1,49 @@
+"""Predicted next use (`--eviction nextuse`): Belady's rule with the future estimated from each model's arrivals.
+
+Belady's MIN evicts the copy asked for again furthest in the future; the size-aware version weighs that by the
+bytes held and the load it would take to bring the copy back. This policy does the same with the next use
+*predicted* from the model's learned mean gap between requests (`placement.arrivals`, shared by all gateways
+through Redis): it evicts the copy holding the most byte-seconds, expected, per second of load it would cost,
+i.e. the lowest `cost / (remaining * size)`. A model seen once has no gap yet and waits for nothing in
+particular: it is predicted far off (probation). A copy younger than `min_residency` seconds goes only when
+nothing else can (anti-thrash: the requests that waited for its load are served first).
+"""
+
+from __future__ import annotations
+
+from placement.arrivals import remaining
+from placement.clock import Clock
+from placement.eviction.base import EvictionCandidate
+
+_GB = float(1 << 30)
+
+
+class PredictedNextUse:
+    name = "nextuse"
+
+    def __init__(
+        self, clock: Clock, *, min_residency: float = 0.5, default_cost: float = 1.0, use_size: bool = True
+    ) -> None:
+        self._clock = clock
+        self.min_residency = min_residency
+        self.default_cost = default_cost
+        self.use_size = use_size
+
+    def score(self, candidate: EvictionCandidate) -> float:
+        c = candidate
+        idle = max(0.0, self._clock.now() - max(c.last_used, c.loaded_at))
+        cost = c.load_seconds if c.load_seconds > 0 else self.default_cost
+        size = c.memory_bytes / _GB if self.use_size and c.memory_bytes > 0 else 1.0
+        return cost / (max(1e-3, remaining(c.mean_gap, idle)) * size)
+
+    def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
+        now = self._clock.now()
+
+        def key(c: EvictionCandidate) -> tuple[bool, float, float, str, str]:
+            young = c.loaded_at > 0 and now - c.loaded_at < self.min_residency
+            return (young, self.score(c), c.last_used, c.backend, c.model)
+
+        return sorted(candidates, key=key)
+
+    def evicted(self, candidate: EvictionCandidate) -> None:
+        pass
