@@ -6,6 +6,7 @@ loader before a policy sees them; a policy only orders them, most evictable firs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,3 +39,16 @@ class EvictionPolicy(Protocol):
     def evicted(self, candidate: EvictionCandidate) -> None:
         """Told after `candidate` was unloaded (Greedy-Dual policies age everyone through this)."""
         ...
+
+
+def rank_by_score(
+    candidates: list[EvictionCandidate], score: Callable[[EvictionCandidate], float], now: float, min_residency: float
+) -> list[EvictionCandidate]:
+    """Lowest score first; a copy loaded less than `min_residency` seconds ago only after every other (so the
+    requests that waited for its load are served before it can go); ties to the least recently used."""
+
+    def key(c: EvictionCandidate) -> tuple[bool, float, float, str, str]:
+        young = c.loaded_at > 0 and now - c.loaded_at < min_residency
+        return (young, score(c), c.last_used, c.backend, c.model)
+
+    return sorted(candidates, key=key)

@@ -15,7 +15,7 @@ import bisect
 import math
 
 from placement.clock import Clock
-from placement.eviction.base import EvictionCandidate
+from placement.eviction.base import EvictionCandidate, rank_by_score
 
 _GB = 1e9
 _HISTORY = 50_000  # L steps kept; older last uses count as L = 0 (they are the first to go anyway)
@@ -58,13 +58,7 @@ class GreedyDualSizeFrequency:
         return self._inflation_at(max(candidate.last_used, candidate.loaded_at)) + self.value(candidate)
 
     def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
-        now = self._clock.now()
-
-        def key(c: EvictionCandidate) -> tuple[bool, float, float, str, str]:
-            young = c.loaded_at > 0 and now - c.loaded_at < self.min_residency
-            return (young, self.score(c), c.last_used, c.backend, c.model)
-
-        return sorted(candidates, key=key)
+        return rank_by_score(candidates, self.score, self._clock.now(), self.min_residency)
 
     def evicted(self, candidate: EvictionCandidate) -> None:
         h = self.score(candidate)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from placement.arrivals import remaining
 from placement.clock import Clock
-from placement.eviction.base import EvictionCandidate
+from placement.eviction.base import EvictionCandidate, rank_by_score
 
 _GB = float(1 << 30)
 
@@ -37,13 +37,7 @@ class PredictedNextUse:
         return cost / (max(1e-3, remaining(c.mean_gap, idle)) * size)
 
     def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
-        now = self._clock.now()
-
-        def key(c: EvictionCandidate) -> tuple[bool, float, float, str, str]:
-            young = c.loaded_at > 0 and now - c.loaded_at < self.min_residency
-            return (young, self.score(c), c.last_used, c.backend, c.model)
-
-        return sorted(candidates, key=key)
+        return rank_by_score(candidates, self.score, self._clock.now(), self.min_residency)
 
     def evicted(self, candidate: EvictionCandidate) -> None:
         pass

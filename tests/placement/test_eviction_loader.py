@@ -63,3 +63,23 @@ async def test_lru_is_still_plain_lru_and_shows_last_use_as_its_score(
     view = await Registry(placer).placement()
     assert view["eviction"] == "lru"
     assert {m["name"]: m["score"] for m in view["backends"]["b1"]["models"]}["once"] == clock.now()
+
+
+async def test_gaps_between_requests_are_learned_in_the_batched_usage_writes_across_gateways(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend], clock: FakeClock
+) -> None:
+    one, two = await make_placer(eviction_policy="nextuse"), await make_placer(eviction_policy="nextuse")
+    await register(one, backends, {"b1": 2}, [triton(n) for n in ("tick", "new", "third")])
+    await one.ensure("tick")
+    await one.ensure("new")
+    for i in range(6):  # tick is called every 30 s, through either gateway
+        clock.advance(30)
+        g = (one, two)[i % 2]
+        g.usage.start("tick", "b1")
+        g.usage.finish("tick", "b1")
+        await g.store.touch_many(g.usage.drain(), g.usage.drain_requests())
+    facts = await one.store.eviction_facts(["tick", "new"])
+    assert facts["tick"][2] == pytest.approx(30.0) and facts["new"][2] == 0.0
+    clock.advance(5)
+    await one.ensure("third")  # tick is due in 25 s; new, seen never since its load, predicted far off
+    assert backends["b1"].unloads == ["new"]

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
+from placement.arrivals import remaining, update_gap
 from placement.clock import FakeClock
-from placement.eviction import EVICTIONS, EvictionCandidate, GreedyDualSizeFrequency, LeastRecentlyUsed
+from placement.eviction import (
+    EVICTIONS,
+    EvictionCandidate,
+    GreedyDualSizeFrequency,
+    LeastRecentlyUsed,
+    PredictedNextUse,
+)
 
 GB = 1 << 30
 
@@ -19,7 +28,11 @@ def test_lru_ranks_the_oldest_last_use_first() -> None:
 
 def test_every_named_policy_is_built_with_a_clock() -> None:
     clock = FakeClock(0.0)
-    assert {name: make(clock).name for name, make in EVICTIONS.items()} == {"lru": "lru", "gdsf": "gdsf"}
+    assert {name: make(clock).name for name, make in EVICTIONS.items()} == {
+        "lru": "lru",
+        "gdsf": "gdsf",
+        "nextuse": "nextuse",
+    }
 
 
 def test_gdsf_keeps_the_frequent_model_over_the_recent_newcomer() -> None:
@@ -65,3 +78,33 @@ def test_gdsf_keeps_a_copy_within_its_minimum_residency_unless_nothing_else_can_
     assert [c.model for c in gd.rank([young, settled])] == ["settled", "young"]
     clock.advance(2.0)
     assert [c.model for c in gd.rank([young, settled])] == ["young", "settled"]
+
+
+def test_the_mean_gap_learns_from_batches_and_ignores_what_says_nothing() -> None:
+    assert update_gap(None, None, 5.0, 1) is None  # first request: no gap yet
+    assert update_gap(None, 0.0, 10.0, 1) == 10.0
+    assert update_gap(None, 0.0, 10.0, 5) == 2.0  # five requests in one flush of ten seconds
+    assert update_gap(10.0, 0.0, 20.0, 1) == pytest.approx(0.7 * 10 + 0.3 * 20)
+    assert update_gap(4.0, 9.0, 9.0, 1) == 4.0 and update_gap(4.0, 1.0, 9.0, 0) == 4.0
+
+
+def test_remaining_time_is_the_rest_of_the_usual_gap_then_grows_with_idleness() -> None:
+    assert remaining(60.0, 10.0) == 50.0
+    assert remaining(60.0, 90.0) == 90.0  # overdue: slowing down
+    assert remaining(0.0, 0.2) == 2.0 and remaining(0.0, 30.0) == 60.0  # no pattern yet
+
+
+def test_nextuse_evicts_the_copy_predicted_to_be_asked_for_last() -> None:
+    clock = FakeClock(1000.0)
+    nu = PredictedNextUse(clock)
+    # Called every 60 s, last 50 s ago: due in 10 s. Called every 5 s, last 1 s ago: due in 4 s.
+    # Called every 600 s, last 10 s ago: due in 590 s: the one to go, although LRU would evict the first.
+    minute = cand("minute", 950.0, mean_gap=60.0, loaded_at=1.0)
+    busy = cand("busy", 999.0, mean_gap=5.0, loaded_at=1.0)
+    hourly = cand("hourly", 990.0, mean_gap=600.0, loaded_at=1.0)
+    assert [c.model for c in nu.rank([minute, busy, hourly])] == ["hourly", "minute", "busy"]
+    # Size and cost weigh in: a copy four times the size holds four times the bytes for the same wait.
+    big = cand("big", 950.0, mean_gap=60.0, loaded_at=1.0, memory_bytes=4 * GB, load_seconds=1.0)
+    small = cand("small", 990.0, mean_gap=120.0, loaded_at=1.0, memory_bytes=GB, load_seconds=1.0)
+    assert nu.rank([small, big])[0].model == "big"
+    assert nu.rank([small, big, cand("young", 0.0, loaded_at=999.9)])[-1].model == "young"

@@ -47,14 +47,16 @@ def test_byte_capacity_is_respected_across_backends() -> None:
             assert sum(trace.sizes[m] for m in held) == sim.used[b.name][1] <= (b.memory_bytes or 0)
 
 
-def test_gdsf_beats_lru_and_stays_above_the_oracles_on_a_small_zipf_trace() -> None:
+def test_the_learned_policies_beat_lru_and_stay_above_the_oracles_on_a_small_zipf_trace() -> None:
     equal = zipf_trace(1.0, models=300, requests=20_000, rate=5.0, seed=2)
-    r = {p: simulate(equal, split(2, 30), p) for p in ("lru", "gdsf", "belady")}
+    r = {p: simulate(equal, split(2, 30), p) for p in ("lru", "gdsf", "nextuse", "belady")}
     assert r["belady"].misses < r["gdsf"].misses < 0.95 * r["lru"].misses
+    assert r["belady"].misses < r["nextuse"].misses < 0.95 * r["lru"].misses
     sized = zipf_trace(1.0, models=300, requests=20_000, rate=5.0, sizes=lognormal_sizes, costs=uniform_costs, seed=2)
     cap = split(2, None, sum(sized.sizes.values()) // 10)
-    s = {p: simulate(sized, cap, p) for p in ("lru", "gdsf", "belady-size")}
+    s = {p: simulate(sized, cap, p) for p in ("lru", "gdsf", "nextuse", "belady-size")}
     assert s["belady-size"].load_seconds < s["gdsf"].load_seconds < 0.95 * s["lru"].load_seconds
+    assert s["belady-size"].load_seconds < s["nextuse"].load_seconds < 0.95 * s["lru"].load_seconds
 
 
 def test_the_azure_trace_reads_when_present() -> None:
