@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--eviction",
         "MODELYARD_EVICTION",
-        "gdsf",
-        help="eviction policy: gdsf (cost-, size- and frequency-aware Greedy-Dual, measured best in "
-        "docs/benchmarks.md) or lru (plain least recently used)",
+        "nextuse",
+        help="eviction policy: nextuse (evict the copy predicted to be asked for last, weighed by size and load "
+        "time; measured best in docs/benchmarks.md), gdsf (cost- and size-aware Greedy-Dual with frequency) or "
+        "lru (plain least recently used)",
     )
     return parser
 

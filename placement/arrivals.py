@@ -24,3 +24,11 @@ def remaining(mean_gap: float, idle: float) -> float:
     if mean_gap <= 0:  # seen once: no pattern yet
         return 2 * max(idle, 1.0)
     return max(mean_gap - idle, idle)
+
+
+def keep_value(load_seconds: float, memory_bytes: int, remaining_seconds: float) -> float:
+    """What holding a copy is worth: the load it saves per byte-second held until its next request (higher is
+    kept). Unknown cost counts as 1 s, unknown size as 1 GiB."""
+    cost = load_seconds if load_seconds > 0 else 1.0
+    size = memory_bytes / float(1 << 30) if memory_bytes > 0 else 1.0
+    return cost / (max(1e-3, remaining_seconds) * size)

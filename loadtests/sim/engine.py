@@ -15,10 +15,11 @@ import heapq
 from dataclasses import dataclass, field
 
 from loadtests.sim.trace import Trace
-from placement.arrivals import update_gap
+from placement.arrivals import keep_value, remaining, update_gap
 from placement.clock import FakeClock
 from placement.eviction import EvictionCandidate, EvictionPolicy
 from placement.policy import BackendChooser, BackendLoad
+from placement.prewarm import Prewarmer
 from placement.records import ModelSpec
 
 
@@ -33,7 +34,7 @@ class Backend:
 class Result:
     policy: str
     requests: int = 0
-    misses: int = 0  # loads started
+    misses: int = 0  # demand loads started (pre-warms are counted in extra)
     load_seconds: float = 0.0
     bytes_loaded: int = 0
     waited: int = 0  # requests that waited for a load
@@ -55,8 +56,16 @@ class _Copy:
 
 class Simulation:
     def __init__(
-        self, trace: Trace, backends: list[Backend], chooser: BackendChooser, policy: EvictionPolicy, clock: FakeClock
+        self,
+        trace: Trace,
+        backends: list[Backend],
+        chooser: BackendChooser,
+        policy: EvictionPolicy,
+        clock: FakeClock,
+        prewarmer: Prewarmer | None = None,
     ) -> None:
+        self.prewarmer = prewarmer
+        self.due: list[tuple[float, str, float]] = []  # pre-warms: (when, model, the last use they follow)
         self.trace = trace
         self.backends = {b.name: b for b in backends}
         self.chooser = chooser
@@ -77,15 +86,29 @@ class Simulation:
         for t, model in self.trace.requests:
             self._advance(t)
             self.request(model)
+        if self.prewarmer is not None:
+            st = self.prewarmer.stats
+            self.result.extra.update(prewarm_loads=st.loads, prewarm_used=st.used, prewarm_given_up=st.given_up)
         return self.result
 
     def _advance(self, t: float) -> None:
-        while self.loading and self.loading[0][0] <= t:
-            ready_at, model = heapq.heappop(self.loading)
-            copy = self.copies.get(model)
-            if copy is not None and copy.ready_at == ready_at:
-                copy.loaded_at = ready_at
-                self.learned[model] = self.trace.costs[model]
+        """Move the clock to `t`, finishing loads and starting due pre-warms in time order on the way."""
+        while True:
+            load = self.loading[0][0] if self.loading else float("inf")
+            due = self.due[0][0] if self.due else float("inf")
+            if min(load, due) > t:
+                break
+            if load <= due:
+                ready_at, model = heapq.heappop(self.loading)
+                copy = self.copies.get(model)
+                if copy is not None and copy.ready_at == ready_at:
+                    copy.loaded_at = ready_at
+                    self.learned[model] = self.trace.costs[model]
+            else:
+                when, model, stamp = heapq.heappop(self.due)
+                self.clock.t = max(self.clock.t, when)
+                if self.arrived.get(model) == stamp and model not in self.copies:
+                    self._prewarm(model)
         self.clock.t = max(self.clock.t, t)
 
     def request(self, model: str) -> None:
@@ -97,6 +120,11 @@ class Simulation:
         if gap is not None:
             self.gaps[model] = gap
         self.arrived[model] = now
+        if self.prewarmer is not None:
+            self.prewarmer.served(model)
+            due = self.prewarmer.due_at(model, now, self.gaps.get(model, 0.0), self.trace.costs[model])
+            if due is not None and due > now:
+                heapq.heappush(self.due, (due, model, now))
         copy = self.copies.get(model)
         if copy is None:
             copy = self._load(model)
@@ -128,9 +156,30 @@ class Simulation:
             if c.ready_at <= now
         ]
 
+    def _prewarm(self, model: str) -> None:
+        """Load `model` ahead of its expected request: into free room, or in place of copies worth less than it
+        (by the predicted-next-use value), never waiting for a slot."""
+        assert self.prewarmer is not None
+        spec = self.specs[model]
+        cost = self.learned.get(model, 0.0)
+        value = keep_value(cost, spec.memory_bytes, self.prewarmer.lead + cost)
+        while True:
+            loads = [b for b in self._loads() if b.could_ever_fit(spec)]
+            if any(b.fits(spec) for b in loads):
+                break
+            ranked = self.policy.rank(self.candidates())
+            if not ranked:
+                return
+            victim = ranked[0]
+            idle = self.clock.now() - max(victim.last_used, victim.loaded_at)
+            if keep_value(victim.load_seconds, victim.memory_bytes, remaining(victim.mean_gap, idle)) >= value:
+                return
+            self._evict(victim)
+        self.prewarmer.started(model)
+        self._start_load(model)
+
     def _load(self, model: str) -> _Copy:
         spec = self.specs[model]
-        start = self.clock.now()
         while True:
             loads = [b for b in self._loads() if b.could_ever_fit(spec)]
             if not loads:
@@ -146,6 +195,12 @@ class Simulation:
                 self._advance(self.loading[0][0])
             else:
                 raise ValueError(f"{model} can't be placed")
+        self.result.misses += 1
+        return self._start_load(model)
+
+    def _start_load(self, model: str) -> _Copy:
+        spec = self.specs[model]
+        fitting = self.chooser.rank(spec, [b for b in self._loads() if b.fits(spec)])
         backend = fitting[0].backend
         cost = self.trace.costs[model]
         copy = _Copy(backend, self.clock.now() + cost)
@@ -154,10 +209,8 @@ class Simulation:
         self.used[backend][1] += spec.memory_bytes
         heapq.heappush(self.loading, (copy.ready_at, model))
         r = self.result
-        r.misses += 1
         r.load_seconds += cost
         r.bytes_loaded += spec.memory_bytes
-        r.extra["slot_wait_seconds"] = r.extra.get("slot_wait_seconds", 0.0) + self.clock.now() - start
         return copy
 
     def _evict(self, cand: EvictionCandidate) -> None:
@@ -166,3 +219,5 @@ class Simulation:
         self.used[copy.backend][1] -= self.trace.sizes[cand.model]
         self.policy.evicted(cand)
         self.result.evictions += 1
+        if self.prewarmer is not None:
+            self.prewarmer.evicted(cand.model)

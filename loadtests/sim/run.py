@@ -16,6 +16,7 @@ from loadtests.sim.trace import GB, Trace, azure_dir, azure_trace, lognormal_siz
 from placement.clock import FakeClock
 from placement.eviction import EVICTIONS, EvictionPolicy, GreedyDualSizeFrequency, PredictedNextUse
 from placement.policy import MostFreeFirst
+from placement.prewarm import Prewarmer
 
 PolicyFactory = Callable[[Trace, FakeClock], EvictionPolicy]
 
@@ -32,8 +33,11 @@ POLICIES: dict[str, PolicyFactory] = {
 
 
 def simulate(trace: Trace, backends: list[Backend], policy: str) -> Result:
+    """Run one policy over the trace; `NAME+prewarm` runs policy NAME with pre-warming on."""
     clock = FakeClock(0.0)
-    result = Simulation(trace, backends, MostFreeFirst(), POLICIES[policy](trace, clock), clock).run()
+    name, _, extra = policy.partition("+")
+    prewarmer = Prewarmer() if extra == "prewarm" else None
+    result = Simulation(trace, backends, MostFreeFirst(), POLICIES[name](trace, clock), clock, prewarmer).run()
     result.policy = policy
     return result
 
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--minutes", type=int, default=None, help="azure: only the first N minutes")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--even", action="store_true", help="azure: spread each minute's requests evenly, not at random")
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
     caps = [float(c) for c in (args.capacities or ("0.1" if args.scenario != "azure" else "0.05,0.1,0.2")).split(",")]
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 "azure: the trace is absent (../shared/traces/azure-functions-2019 or $MODELYARD_AZURE_TRACE); skipped"
             )
             return 0
-        trace = azure_trace(where, seed=args.seed, minutes=args.minutes)
+        trace = azure_trace(where, seed=args.seed, minutes=args.minutes, even=args.even)
         total = sum(trace.sizes.values())
         for cap in caps:
             scenarios.append((f"{trace.name}, {cap:.0%} of bytes", trace, split(args.backends, None, int(total * cap))))
@@ -133,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(simulate(trace, backends, p))
             results[-1].extra["seconds"] = time.perf_counter() - started
         print(table(f"{title}, {len(backends)} backends, {len(trace.requests):,} requests", results))
+        for r in results:
+            if "prewarm_loads" in r.extra:
+                print(
+                    f"- {r.policy}: {r.extra['prewarm_loads']:,.0f} pre-warm loads, "
+                    f"{r.extra['prewarm_used']:,.0f} used before eviction, "
+                    f"{r.extra['prewarm_given_up']:,.0f} models given up; load-s include them"
+                )
         print()
         print("run time: " + ", ".join(f"{r.policy} {r.extra['seconds']:.1f} s" for r in results), file=sys.stderr)
     return 0

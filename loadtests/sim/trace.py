@@ -114,8 +114,9 @@ def azure_cost(memory_bytes: int) -> float:
     return 0.2 + memory_bytes / GB
 
 
-def azure_trace(directory: Path, *, seed: int = 1, minutes: int | None = None) -> Trace:
-    """The Azure Functions 2019 sample: each minute's count spread uniformly at random over its minute (`seed`);
+def azure_trace(directory: Path, *, seed: int = 1, minutes: int | None = None, even: bool = False) -> Trace:
+    """The Azure Functions 2019 sample: each minute's count spread uniformly at random over its minute (`seed`),
+    or evenly (`even`);
     a function's app memory as its size; load cost 0.2 s + 1 s/GiB. FileNotFoundError when it is absent."""
     rng = random.Random(seed)
     sizes: dict[str, int] = {}
@@ -132,9 +133,12 @@ def azure_trace(directory: Path, *, seed: int = 1, minutes: int | None = None) -
             for col in range(1, last):
                 n = int(row[col]) if row[col] else 0
                 base = (col - 1) * 60.0
-                out.extend((base + rng.random() * 60.0, name) for _ in range(n))
+                if even:  # as the issue's own simulation: n requests evenly spaced inside the minute
+                    out.extend((base + (k + 0.5) * 60.0 / n, name) for k in range(n))
+                else:
+                    out.extend((base + rng.random() * 60.0, name) for _ in range(n))
     out.sort()
     used = {m for _, m in out}
     sizes = {m: s for m, s in sizes.items() if m in used}
-    label = f"azure-functions-2019 seed={seed}" + (f" first {minutes} min" if minutes else "")
+    label = f"azure-functions-2019 {'even' if even else f'seed={seed}'}" + (f" first {minutes} min" if minutes else "")
     return Trace(label, out, sizes, {m: azure_cost(s) for m, s in sizes.items()})

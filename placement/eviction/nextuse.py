@@ -11,30 +11,23 @@ nothing else can (anti-thrash: the requests that waited for its load are served 
 
 from __future__ import annotations
 
-from placement.arrivals import remaining
+from placement.arrivals import keep_value, remaining
 from placement.clock import Clock
 from placement.eviction.base import EvictionCandidate, rank_by_score
-
-_GB = float(1 << 30)
 
 
 class PredictedNextUse:
     name = "nextuse"
 
-    def __init__(
-        self, clock: Clock, *, min_residency: float = 0.5, default_cost: float = 1.0, use_size: bool = True
-    ) -> None:
+    def __init__(self, clock: Clock, *, min_residency: float = 0.5, use_size: bool = True) -> None:
         self._clock = clock
         self.min_residency = min_residency
-        self.default_cost = default_cost
         self.use_size = use_size
 
     def score(self, candidate: EvictionCandidate) -> float:
         c = candidate
         idle = max(0.0, self._clock.now() - max(c.last_used, c.loaded_at))
-        cost = c.load_seconds if c.load_seconds > 0 else self.default_cost
-        size = c.memory_bytes / _GB if self.use_size and c.memory_bytes > 0 else 1.0
-        return cost / (max(1e-3, remaining(c.mean_gap, idle)) * size)
+        return keep_value(c.load_seconds, c.memory_bytes if self.use_size else 0, remaining(c.mean_gap, idle))
 
     def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
         return rank_by_score(candidates, self.score, self._clock.now(), self.min_residency)

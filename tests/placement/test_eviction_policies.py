@@ -13,6 +13,7 @@ from placement.eviction import (
     LeastRecentlyUsed,
     PredictedNextUse,
 )
+from placement.prewarm import Prewarmer
 
 GB = 1 << 30
 
@@ -108,3 +109,18 @@ def test_nextuse_evicts_the_copy_predicted_to_be_asked_for_last() -> None:
     small = cand("small", 990.0, mean_gap=120.0, loaded_at=1.0, memory_bytes=GB, load_seconds=1.0)
     assert nu.rank([small, big])[0].model == "big"
     assert nu.rank([small, big, cand("young", 0.0, loaded_at=999.9)])[-1].model == "young"
+
+
+def test_prewarm_is_due_before_the_expected_request_and_gives_up_after_repeated_misses() -> None:
+    pw = Prewarmer(lead=2.0, max_misses=2, min_gap=5.0)
+    assert pw.due_at("m", last_used=100.0, mean_gap=60.0, load_seconds=1.5) == 100.0 + 60 - 2 - 1.5
+    assert pw.due_at("busy", 100.0, 1.0, 1.5) is None  # frequent models are eviction's business
+    assert pw.due_at("new", 100.0, 0.0, 1.5) is None  # no pattern learned yet
+    pw.started("m")
+    pw.served("m")  # used: a hit, misses reset
+    for _ in range(2):
+        pw.started("m")
+        pw.evicted("m")  # evicted unused: a miss
+    assert pw.due_at("m", 200.0, 60.0, 1.5) is None
+    pw.evicted("other")  # not pre-warmed: nothing to count
+    assert (pw.stats.loads, pw.stats.used, pw.stats.wasted, pw.stats.given_up) == (3, 1, 2, 1)

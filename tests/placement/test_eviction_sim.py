@@ -66,3 +66,14 @@ def test_the_azure_trace_reads_when_present() -> None:
     trace = azure_trace(where, minutes=2)
     assert trace.requests and all(0 <= t < 120 for t, _ in trace.requests)
     assert all(trace.costs[m] == pytest.approx(0.2 + trace.sizes[m] / (1 << 30)) for m in trace.sizes)
+
+
+def test_prewarming_in_the_simulator_serves_periodic_models_from_copies_loaded_ahead() -> None:
+    # Two models called every 30 s, a stream of one-off models between them, room for two copies.
+    reqs = [(30.0 * k, "tick") for k in range(40)] + [(30.0 * k + 10, "tock") for k in range(40)]
+    reqs += [(30.0 * k + 20 + j, f"x{k}-{j}") for k in range(40) for j in range(3)]
+    reqs.sort()
+    names = {m for _, m in reqs}
+    trace = Trace("periodic", reqs, dict.fromkeys(names, 1), dict.fromkeys(names, 1.0))
+    off, on = simulate(trace, [Backend("b1", 2)], "lru"), simulate(trace, [Backend("b1", 2)], "lru+prewarm")
+    assert on.extra["prewarm_used"] > 30 and on.wait_seconds < 0.5 * off.wait_seconds
