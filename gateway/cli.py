@@ -12,6 +12,7 @@ from adapters.sources import SourceSettings, default_cache_dir
 from gateway.metrics import LabelPolicy
 from gateway.settings import Settings
 from gateway.workers import parse_workers
+from placement.eviction import EVICTIONS
 from placement.settings import PlacementSettings
 
 
@@ -117,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "1",
         help="gateway processes on the same ports, sharing one Redis and behaving as one gateway; auto: one per core",
     )
+    add(
+        "--eviction",
+        "MODELYARD_EVICTION",
+        "nextuse",
+        help="eviction policy: nextuse (evict the copy predicted to be asked for last, weighed by size and load "
+        "time; measured best in docs/benchmarks.md), gdsf (cost- and size-aware Greedy-Dual with frequency) or "
+        "lru (plain least recently used)",
+    )
     return parser
 
 
@@ -138,6 +147,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     if args.log_format not in ("json", "text", "auto"):
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
+    if args.eviction not in EVICTIONS:
+        raise SystemExit(f"modelyard: --eviction must be one of {', '.join(EVICTIONS)}, got {args.eviction!r}")
     try:
         workers = parse_workers(args.workers)
     except ValueError as exc:
@@ -167,6 +178,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             lease_ttl=args.lease_ttl,
             usage_flush_interval=args.usage_flush_interval,
             scale_up_rate=args.copy_scale_up_rate,
+            eviction_policy=args.eviction,
         ),
         sources=SourceSettings(
             cache_dir=args.model_cache_dir,

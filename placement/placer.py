@@ -13,9 +13,10 @@ from typing import Any
 from adapters.base import RuntimeAdapter
 from placement.clock import Clock
 from placement.errors import StoreUnavailable
+from placement.eviction import EVICTIONS
 from placement.loader import Loader
 from placement.lookup import NameLookup
-from placement.policy import CHOOSERS, EVICTIONS
+from placement.policy import CHOOSERS
 from placement.reconcile import Reconciler
 from placement.records import BackendSpec, CopyState, ModelSpec
 from placement.redis_health import UNREACHABLE, RedisHealth
@@ -53,7 +54,7 @@ class Placer:
             settings,
             clock,
             CHOOSERS[settings.backend_chooser](),
-            EVICTIONS[settings.eviction_policy](),
+            EVICTIONS[settings.eviction_policy](clock),
         )
         self.reconciler = _Reconciler(self.health, store, self.view, self.loader, self.adapter, settings, clock)
         self.view.on_backends_changed = self._backends_changed

@@ -286,7 +286,10 @@ class Registry:
         for bid, rec in sorted(self.view.backends.items()):
             lru = await self.store.lru_of(bid)
             copies = await self.store.copies_on(bid)
+            scores = await self.placer.loader.policy_scores(copies)
             models = [{"name": c.model, "state": c.state.value, "last_used": lru.get(c.model)} for c in copies]
+            for m in models:  # the eviction policy's score: higher is kept longer (ready copies only)
+                m["score"] = scores.get((str(m["name"]), bid))
             models.sort(key=lambda m: -float(m["last_used"] or 0))
             out[bid] = {
                 "kind": rec.spec.kind,
@@ -299,4 +302,4 @@ class Registry:
                 },
                 "models": models,
             }
-        return {"backends": out}
+        return {"backends": out, "eviction": self.placer.loader.eviction.name}
