@@ -19,10 +19,12 @@ from adapters.errors import ModelyardError
 from gateway.dataplane import DataPlane
 from gateway.errors import BadRequest, Unauthorized, to_http
 from gateway.metrics import Metrics
+from gateway.rollout_api import rollout_router
 from gateway.stats import BackendStats
 from gateway.ui import UI_HTML
 from placement.records import check_name
 from placement.registry import Registry
+from placement.rollouts import Rollouts
 from placement.routes import RouteRegistry
 
 
@@ -43,6 +45,7 @@ def build_admin_app(
     metrics: Metrics,
     admin_token: str,
     stats: BackendStats | None = None,
+    rollouts: Rollouts | None = None,
 ) -> FastAPI:
     stats = stats or BackendStats()
     app = FastAPI(title="modelyard admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
@@ -146,6 +149,8 @@ def build_admin_app(
             **stats.rates(),
         }
 
+    if rollouts is not None:  # rollouts and shadow reports: gateway.rollout_api
+        admin.include_router(rollout_router(rollouts, _body))
     app.include_router(admin)
 
     @app.get("/healthz")
