@@ -23,6 +23,7 @@ import contextvars
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,7 +145,9 @@ class Shadows:
         if outcome == "disagree":
             request_id = job.request.request_id if job.request is not None else ""
             self.stats.disagreement(
-                Disagreement(job.route, job.model, request_id, clip(job.primary.body), clip(answer.body), time.time())
+                Disagreement(
+                    job.route, job.model, request_id, clip(_plain(job.primary)), clip(_plain(answer)), time.time()
+                )
             )
 
 
@@ -167,14 +170,25 @@ def _result(protocol: str, resp: ForwardResponse) -> Any:
         skip = _GRPC_NAMING_FIELDS[protocol]
         view = memoryview(resp.body)
         return [bytes(view[start:end]) for field, _, start, _, end in records(view, 0, len(view)) if field not in skip]
-    body, tail = resp.body, b""
+    body, tail = _plain(resp), b""
     if protocol == "kserve":
         size = next((v for k, v in resp.headers if k == "inference-header-content-length"), None)
         if size is not None:
             body, tail = resp.body[: int(size)], resp.body[int(size) :]
         data = json.loads(body)
         return (data.get("outputs") if isinstance(data, dict) else data), tail
-    data = json.loads(body)
+    data = json.loads(_plain(resp))
     if isinstance(data, dict):
         return {k: data[k] for k in ("predictions", "outputs", "results") if k in data}
     return data
+
+
+def _plain(resp: ForwardResponse) -> bytes:
+    """The body without its HTTP content encoding (backends gzip answers for clients that accept it)."""
+    encoding = next((v for k, v in resp.headers if k.lower() == "content-encoding"), "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            return zlib.decompress(resp.body, 47)  # 32 + 15: gzip or zlib header, detected
+        except zlib.error:
+            return resp.body
+    return resp.body
