@@ -112,6 +112,8 @@ def test_a_good_candidate_is_promoted_step_by_step_on_both_gateways_through_a_re
         eventually(lambda gw=gw: metric_sum([gw], 'modelyard_rollout_weight{model="m036",route="r"}') == 100)
     assert metric_sum([gw1, gw2], 'modelyard_rollouts_total{result="promoted",route="r"}') == 1
     assert admin.post("/admin/routes/r/rollout/promote").status_code == 409  # it is over
+    listed = httpx.get(f"{gw2.url}/admin/rollouts", headers=admin.headers).json()["rollouts"]  # for /ui
+    assert [(x["route"], x["model"], x["phase"], x["weight"]) for x in listed] == [("r", "m036", "promoted", 100)]
 
     # The shadow report, counted across both gateways: m039 answers differently from every primary.
     def report() -> dict[str, Any]:
