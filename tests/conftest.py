@@ -46,6 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         failing=["broken"],
         execute_delay_s={"slow": 1.0},
         stalls={"stall": STALL},
+        fail_fractions={"flaky": 0.2},  # an error answer on a reproducible fifth of its calls
         token=TOKEN,
     ) as s:
         yield s

@@ -134,16 +134,16 @@ def test_an_erring_candidate_and_a_slow_one_are_rolled_back_and_get_no_requests_
     stack: LocalStack, start_gateway: StartGateway
 ) -> None:
     gw1, gw2 = start_gateway(), start_gateway()
-    stack.register(capacity=4, models=["m038", "broken", "slow"])
+    stack.register(capacity=4, models=["m038", "flaky", "slow"])
     admin = stack.admin(gw1)
-    warm(admin, "m038", "slow")
+    warm(admin, "m038", "flaky", "slow")
     for name in ("bad", "late"):
         assert (
             admin.put(f"/admin/routes/{name}", json={"splits": [{"model": "m038", "weight": 100}]}).status_code == 200
         )
     gates = {"max_error_rate_increase": 0.01, "max_p99_ratio": 1.5}
-    for name, model in (("bad", "broken"), ("late", "slow")):
-        body = {"model": model, "steps": [50, 100], "step_seconds": 3600, "min_requests": 3, "gates": gates}
+    for name, model, n in (("bad", "flaky", 20), ("late", "slow", 3)):
+        body = {"model": model, "steps": [50, 100], "step_seconds": 3600, "min_requests": n, "gates": gates}
         assert admin.put(f"/admin/routes/{name}/rollout", json=body).status_code == 200
     target = {"x-modelyard-target": "m038"}
     for gw in (gw1, gw2):  # the rest's figures, on both gateways
@@ -165,16 +165,17 @@ def test_an_erring_candidate_and_a_slow_one_are_rolled_back_and_get_no_requests_
             break
         assert time.monotonic() < deadline
         if not bad:
-            r = infer(gw, "bad", {"x-modelyard-target": "broken"})
-            assert r.status_code >= 500 or (r.status_code == 400 and phase("bad") == "rolled_back"), r.text
+            r = infer(gw, "bad", {"x-modelyard-target": "flaky"})
+            assert r.status_code in (200, 500) or (r.status_code == 400 and phase("bad") == "rolled_back"), r.text
         if not late:
             r = infer(gw, "late", {"x-modelyard-target": "slow"})
             assert r.status_code == 200 or (r.status_code == 400 and phase("late") == "rolled_back"), r.text
     bad = admin.get("/admin/routes/bad/rollout").json()
-    assert bad["gate"]["gate"] == "error_rate" and bad["gate"]["candidate"] == 1.0 and bad["gate"]["rest"] == 0.0
-    assert bad["step"] == 0 and bad["steps"][0]["result"] == "failed"
+    assert bad["gate"]["gate"] == "error_rate" and bad["gate"]["candidate"] > 0.01 and bad["gate"]["rest"] == 0.0
+    assert bad["step"] == 0 and bad["steps"][0]["result"] == "failed"  # at its first step
     failed = bad["steps"][0]["candidate"]
-    assert failed["requests"] == failed["errors"] >= 3 and bad["steps"][0]["rest"]["errors"] == 0
+    assert failed["requests"] >= 20 and 0 < failed["errors"] < failed["requests"]
+    assert bad["steps"][0]["rest"]["errors"] == 0
     late = admin.get("/admin/routes/late/rollout").json()
     assert late["gate"]["gate"] == "p99" and late["gate"]["candidate_ms"] > 1.5 * late["gate"]["rest_ms"]
     assert admin.get("/admin/routes/late").json()["splits"] == [{"model": "m038", "weight": 100}]
