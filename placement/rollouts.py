@@ -76,7 +76,10 @@ class Rollouts:
         if existing is not None and existing["phase"] in RUNNING:
             raise Conflict(f"a rollout of {existing['model']!r} is already running on route {route!r}")
         state, new_route = start(current, spec, self.clock.now(), await self.store.route_counts(route))
-        if await self.store.rollout_write(route, None, state, new_route) != "ok":
+        result = await self.store.rollout_write(route, None, state, new_route)
+        if result == "gone":
+            raise NotFound(f"route {route!r} is not registered")
+        if result != "ok":
             raise Conflict(f"a rollout is already running on route {route!r}")
         self.view.set_route(route, new_route)
         self._remember(route, state)
@@ -101,7 +104,10 @@ class Rollouts:
                 raise Conflict(f"the rollout on route {route!r} is over ({state['phase']}); nothing to {phase[:-2]}")
             reason = "promoted by an operator" if phase == "promoted" else "aborted by an operator"
             new, spec = end(state, phase, reason, self.clock.now())
-            if await self.store.rollout_write(route, state["version"], new, spec) == "ok":
+            result = await self.store.rollout_write(route, state["version"], new, spec)
+            if result == "gone":
+                raise NotFound(f"route {route!r} was deleted; its rollout ends with the next leader's look")
+            if result == "ok":
                 self._ended(route, new, spec)
                 return await self.status(route)
         raise Conflict(f"the rollout on route {route!r} kept changing; try again")
@@ -162,7 +168,11 @@ class Rollouts:
         new, spec = apply(state, verdict, now, counts)
         if spec is None and new is state:
             return
-        if await self.store.rollout_write(route, state["version"], new, spec) != "ok":
+        result = await self.store.rollout_write(route, state["version"], new, spec)
+        if result == "gone":  # the route was deleted under the rollout: end it, write no route
+            new, spec = end(state, "aborted", "the route was deleted", now)[0], None
+            result = await self.store.rollout_write(route, state["version"], new, None)
+        if result != "ok":
             return  # someone else wrote first (an operator, a former leader): decide again next tick
         self._remember(route, new)
         if new["phase"] in RUNNING:

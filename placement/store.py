@@ -214,7 +214,7 @@ return 'ok'
 # -- rollouts ---------------------------------------------------------------------------------------------
 # KEYS: rollout key, routes hash, rollouts set. ARGV: expected version ('' = no record or a finished one), new
 # state JSON, route name, new route spec JSON ('' = leave the route), events channel.
-# The state and the route it sets change together, or neither does.
+# The state and the route it sets change together, or neither does; a deleted route is never brought back.
 _ROLLOUT_WRITE = """
 local cur = redis.call('GET', KEYS[1])
 local expect = ARGV[1]
@@ -224,6 +224,7 @@ if cur then
     if c.phase == 'shadow' or c.phase == 'step' then return 'running' end
   elseif tostring(c.version) ~= expect then return 'conflict' end
 elseif expect ~= '' then return 'conflict' end
+if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return 'gone' end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 if ARGV[4] ~= '' then
@@ -699,7 +700,8 @@ class RedisStore:
         self, route: str, expect_version: int | None, state: dict[str, Any], spec: RouteSpec | None
     ) -> str:
         """Write a rollout's state, and the route it sets (if any), together: 'ok', 'conflict' (someone wrote
-        since `expect_version` was read) or 'running' (starting while another rollout runs)."""
+        since `expect_version` was read), 'running' (starting while another rollout runs) or 'gone' (the route was
+        deleted: it is never brought back)."""
         self._count("script")
         res = await self._rollout_write(
             keys=[self.k_rollout(route), f"{self.p}:routes", f"{self.p}:rollouts"],

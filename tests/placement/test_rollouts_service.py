@@ -119,3 +119,19 @@ async def test_shadow_counts_and_disagreements_sum_over_gateways(redis_client: a
     assert b["latency_ms"]["shadow"]["p99"] > 2 * b["latency_ms"]["primary"]["p99"]
     ids = [d["request_id"] for d in b["recent_disagreements"]]
     assert len(ids) == 20 and ids[0] == "g1-14"  # capped, newest first
+
+
+async def test_a_deleted_route_ends_its_rollout_and_is_not_brought_back(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    store, clock = await setup(redis_client, prefix), FakeClock()
+    g, stats = gateway(store, clock)
+    await g.start_rollout("r", {"model": "b", "steps": [50, 100], "step_seconds": 1, "min_requests": 1})
+    assert await store.delete_route("r")
+    stats.record("r", "b", False, 0.01)
+    await g.flush()
+    clock.advance(1)
+    await g.tick()
+    assert await store.get_route("r") is None
+    state = await g.status("r")
+    assert (state["phase"], state["reason"]) == ("aborted", "the route was deleted")
