@@ -130,46 +130,39 @@ def test_a_good_candidate_is_promoted_step_by_step_on_both_gateways_through_a_re
     assert '"m039"' in recent[0]["shadow"] and '"m039"' not in recent[0]["primary"]
 
 
-def test_an_erring_candidate_and_a_slow_one_are_rolled_back_and_get_no_requests_after(
+def test_a_candidate_failing_a_fifth_and_one_twice_as_slow_are_rolled_back_and_get_no_requests_after(
     stack: LocalStack, start_gateway: StartGateway
 ) -> None:
     gw1, gw2 = start_gateway(), start_gateway()
-    stack.register(capacity=4, models=["m038", "flaky", "slow"])
+    stack.register(capacity=4, models=["m038", "flaky", "slow", "slower"])
     admin = stack.admin(gw1)
-    warm(admin, "m038", "flaky", "slow")
-    for name in ("bad", "late"):
-        assert (
-            admin.put(f"/admin/routes/{name}", json={"splits": [{"model": "m038", "weight": 100}]}).status_code == 200
-        )
+    warm(admin, "m038", "flaky", "slow", "slower")
+    for name, rest in (("bad", "m038"), ("late", "slow")):
+        r = admin.put(f"/admin/routes/{name}", json={"splits": [{"model": rest, "weight": 100}]})
+        assert r.status_code == 200
     gates = {"max_error_rate_increase": 0.01, "max_p99_ratio": 1.5}
-    for name, model, n in (("bad", "flaky", 20), ("late", "slow", 3)):
+    for name, model, n in (("bad", "flaky", 20), ("late", "slower", 3)):
         body = {"model": model, "steps": [50, 100], "step_seconds": 3600, "min_requests": n, "gates": gates}
         assert admin.put(f"/admin/routes/{name}/rollout", json=body).status_code == 200
-    target = {"x-modelyard-target": "m038"}
-    for gw in (gw1, gw2):  # the rest's figures, on both gateways
+    for gw in (gw1, gw2):  # the rest's figures, on both gateways ("slow" answers in 1 s, "slower" in 2 s)
         for _ in range(10):
-            answered(infer(gw, "bad", target))
-            answered(infer(gw, "late", target))
+            answered(infer(gw, "bad", {"x-modelyard-target": "m038"}))
+        for _ in range(2):
+            answered(infer(gw, "late", {"x-modelyard-target": "slow"}))
 
     def phase(name: str) -> str:
         phase: str = admin.get(f"/admin/routes/{name}/rollout").json()["phase"]
         return phase
 
     # The candidates' requests, from both gateways, until the gates fire (at once: no step_seconds to wait).
-    deadline = time.monotonic() + 60
-    for i in itertools.count():
-        gw = (gw1, gw2)[i % 2]
-        bad = phase("bad") == "rolled_back"
-        late = phase("late") == "rolled_back"
-        if bad and late:
-            break
-        assert time.monotonic() < deadline
-        if not bad:
-            r = infer(gw, "bad", {"x-modelyard-target": "flaky"})
-            assert r.status_code in (200, 500) or (r.status_code == 400 and phase("bad") == "rolled_back"), r.text
-        if not late:
-            r = infer(gw, "late", {"x-modelyard-target": "slow"})
-            assert r.status_code == 200 or (r.status_code == 400 and phase("late") == "rolled_back"), r.text
+    for name, candidate, statuses in (("bad", "flaky", (200, 500)), ("late", "slower", (200,))):
+        deadline = time.monotonic() + 60
+        for i in itertools.count():
+            if phase(name) == "rolled_back":
+                break
+            assert time.monotonic() < deadline
+            r = infer((gw1, gw2)[i % 2], name, {"x-modelyard-target": candidate})
+            assert r.status_code in statuses or (r.status_code == 400 and phase(name) == "rolled_back"), r.text
     bad = admin.get("/admin/routes/bad/rollout").json()
     assert bad["gate"]["gate"] == "error_rate" and bad["gate"]["candidate"] > 0.01 and bad["gate"]["rest"] == 0.0
     assert bad["step"] == 0 and bad["steps"][0]["result"] == "failed"  # at its first step
@@ -178,17 +171,18 @@ def test_an_erring_candidate_and_a_slow_one_are_rolled_back_and_get_no_requests_
     assert bad["steps"][0]["rest"]["errors"] == 0
     late = admin.get("/admin/routes/late/rollout").json()
     assert late["gate"]["gate"] == "p99" and late["gate"]["candidate_ms"] > 1.5 * late["gate"]["rest_ms"]
-    assert admin.get("/admin/routes/late").json()["splits"] == [{"model": "m038", "weight": 100}]
+    assert 1.5 < late["gate"]["candidate_ms"] / late["gate"]["rest_ms"] < 3  # twice as slow, within the buckets
+    assert admin.get("/admin/routes/late").json()["splits"] == [{"model": "slow", "weight": 100}]
     for gw in (gw1, gw2):  # the routes are as before on both gateways: no request reaches the candidates
-        eventually(
-            lambda gw=gw: all(answered(infer(gw, name, {})) == "m038" for name in ("bad", "late") for _ in range(20))
-        )
-        refused = infer(gw, "late", {"x-modelyard-target": "slow"})
-        assert refused.status_code == 400  # no longer one of the route's models
+        eventually(lambda gw=gw: all(answered(infer(gw, "bad", {})) == "m038" for _ in range(20)))
+        assert answered(infer(gw, "late", {})) == "slow"
+        for name, candidate in (("bad", "flaky"), ("late", "slower")):
+            refused = infer(gw, name, {"x-modelyard-target": candidate})
+            assert refused.status_code == 400  # no longer one of the route's models
     assert metric_sum([gw1, gw2], 'modelyard_rollouts_total{result="rolled_back",route="late"}') == 1
     # A new rollout may start once one ended; DELETE aborts it and restores the route.
-    body = {"model": "slow", "steps": [50], "min_requests": 1000}
+    body = {"model": "slower", "steps": [50], "min_requests": 1000}
     assert admin.put("/admin/routes/late/rollout", json=body).status_code == 200
     r = admin.delete("/admin/routes/late/rollout")
     assert r.status_code == 200 and r.json()["phase"] == "aborted"
-    assert admin.get("/admin/routes/late").json()["splits"] == [{"model": "m038", "weight": 100}]
+    assert admin.get("/admin/routes/late").json()["splits"] == [{"model": "slow", "weight": 100}]
