@@ -22,11 +22,13 @@ from gateway.error_shape import install_error_shape
 from gateway.errors import BadRequest, Unauthorized, to_http
 from gateway.metrics import Metrics
 from gateway.readiness import readiness
+from gateway.rollout_api import rollout_router
 from gateway.stats import BackendStats
 from gateway.ui import UI_HTML
 from placement.errors import StoreUnavailable
 from placement.records import check_name
 from placement.registry import Registry
+from placement.rollouts import Rollouts
 from placement.routes import RouteRegistry
 from placement.view_answers import ViewAnswers
 
@@ -48,6 +50,7 @@ def build_admin_app(
     metrics: Metrics,
     admin_token: str,
     stats: BackendStats | None = None,
+    rollouts: Rollouts | None = None,
 ) -> FastAPI:
     stats = stats or BackendStats()
     app = FastAPI(title="modelyard admin", docs_url="/admin/docs", openapi_url="/admin/openapi.json")
@@ -179,6 +182,8 @@ def build_admin_app(
             **stats.rates(),
         }
 
+    if rollouts is not None:  # rollouts and shadow reports: gateway.rollout_api
+        admin.include_router(rollout_router(rollouts, _body))
     app.include_router(admin)
 
     @app.get("/healthz")

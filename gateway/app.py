@@ -29,6 +29,7 @@ from placement.clock import Clock, SystemClock
 from placement.placer import Placer
 from placement.records import BackendSpec
 from placement.registry import Registry
+from placement.rollouts import Rollouts
 from placement.routes import RouteRegistry
 from placement.served import ServedLists
 from placement.source_poll import SourcePoller
@@ -78,8 +79,17 @@ class Gateway:
         self.dataplane = DataPlane(self.placer, settings, self.metrics, obs=self.obs)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
         self.grpc = GrpcDataPlane(self.dataplane, self.metrics)  # served by gateway.server on --grpc-port
+        self.rollouts = Rollouts(
+            self.store,
+            self.placer.view,
+            self.dataplane.route_stats,
+            self.clock,
+            flush_interval=settings.placement.usage_flush_interval,
+        )
+        self.rollouts.on_state = self._rollout_state
+        self.rollouts.on_end = lambda route, result: self.metrics.rollouts.child(route, result).inc()
         self.admin = build_admin_app(
-            self.registry, self.routes, self.dataplane, self.metrics, settings.admin_token, self.stats
+            self.registry, self.routes, self.dataplane, self.metrics, settings.admin_token, self.stats, self.rollouts
         )
         self._starting: asyncio.Task[None] | None = None
         self._ticking: asyncio.Task[None] | None = None
@@ -114,6 +124,7 @@ class Gateway:
         self.source_poller.start()
         self.dataplane.ready = True
         self._ticking = asyncio.create_task(self._tick(), name="modelyard-metrics")
+        self.rollouts.start()
         log.info(
             "placement synced with Redis: %d backends, %d models",
             len(self.placer.view.backends),
@@ -135,10 +146,15 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         await stop_task(self._ticking, self._stop)
+        await self.rollouts.stop()
         await self.dataplane.aclose()
         await self.source_poller.stop()
         await self.placer.stop()
         await self.redis.aclose()
+
+    def _rollout_state(self, state: dict[str, Any]) -> None:
+        weight = {"promoted": 100, "rolled_back": 0, "aborted": 0}.get(state["phase"], state["weight"])
+        self.metrics.rollout_weight.child(state["route"], state["model"]).set(weight)
 
     def _source_metrics(self) -> Iterator[Any]:
         cache = self.sources.cache

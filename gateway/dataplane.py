@@ -45,6 +45,7 @@ from gateway.tracing import Tracing
 from placement.errors import UnknownModel
 from placement.placer import Placer
 from placement.records import HedgePolicy, RouteSpec
+from placement.route_stats import RouteStats
 
 log = logging.getLogger("modelyard.dataplane")
 
@@ -121,7 +122,11 @@ class DataPlane:
         self.tracing: Tracing = self.obs.tracing
         self.rng = rng or random.Random()
         self.router = Router(self.rng)
-        self.shadows = Shadows(placer.warm_backend, metrics, settings.shadow_queue, settings.shadow_concurrency)
+        # Per route and model outcomes, for rollout gates and the shadow report (flushed by placement.rollouts).
+        self.route_stats = RouteStats()
+        self.shadows = Shadows(
+            placer.warm_backend, metrics, settings.shadow_queue, settings.shadow_concurrency, self.route_stats
+        )
         self.retry_budget = RetryBudget(settings.retry_budget_percent, settings.retry_budget_min)
         self._hedge_budgets: dict[str, HedgeBudget] = {}
         self._latencies: dict[str, LatencyWindow] = {}
@@ -169,12 +174,21 @@ class DataPlane:
         if route is not None:
             self.metrics.route_requests.labels(route.name, model).inc()
         self.retry_budget.active += 1
+        started = asyncio.get_running_loop().time()
+        failed = True
         try:
             answer = await self._call_model(call, model, policy, route.name if route is not None else model)
+            failed = _failed(call.protocol, answer.response.status)
+        except BadRequest:
+            failed = False  # the client's fault, not the model's
+            raise
         finally:
             self.retry_budget.active -= 1
+            took = asyncio.get_running_loop().time() - started
+            if route is not None and call.op in REPEATABLE_OPS:
+                self.route_stats.record(route.name, model, failed, took)
         if route is not None and route.shadows and call.op in REPEATABLE_OPS:
-            self._shadow(call, route, answer)
+            self._shadow(call, route, answer, took)
         return answer
 
     async def _call_model(self, call: Call, model: str, policy: HedgePolicy | None, key: str) -> Answer:
@@ -286,7 +300,7 @@ class DataPlane:
             # Cancelled losers count too, with the time they had run: a lower bound of their latency.
             latencies.add(loop.time() - started)
 
-    def _shadow(self, call: Call, route: RouteSpec, answer: Answer) -> None:
+    def _shadow(self, call: Call, route: RouteSpec, answer: Answer, took: float | None = None) -> None:
         parent = self.tracing.capture()  # the shadow is sent later, by a worker: its span goes under this request
         for shadow in route.shadows:
             if shadow.percent < 100 and self.rng.random() * 100 >= shadow.percent:
@@ -296,7 +310,7 @@ class DataPlane:
             def send(backend: str, model: str = model) -> Awaitable[ForwardResponse]:
                 return self._shadow_send(call, model, backend, route.name, parent)
 
-            self.shadows.submit(ShadowJob(route.name, model, send, call.protocol, answer.response))
+            self.shadows.submit(ShadowJob(route.name, model, send, call.protocol, answer.response, took))
 
     async def _shadow_send(
         self, call: Call, model: str, backend: str, route: str, parent: Context | None

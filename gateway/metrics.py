@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -303,6 +303,22 @@ class Metrics:
             "fell behind) or cold (the shadow model had no ready copy; shadows never load one).",
             ["route", "reason"],
             {0: self.routes},
+        )
+        # -- rollouts (placement.rollouts; set through gateway.app). Rollouts are few: names are labels as they are.
+        self.rollout_weight = Family(
+            Gauge(
+                "modelyard_rollout_weight",
+                "Percent of a route's requests its rollout gives the candidate model (100 once promoted, 0 once "
+                "rolled back or aborted), as this gateway last read the rollout.",
+                ["route", "model"],
+                registry=self.registry,
+            )
+        )
+        self.rollouts = self._counter(
+            "modelyard_rollouts",
+            "Rollouts this gateway ended as the rollout leader or by an operator's call, by route and result: "
+            "promoted, rolled_back, aborted.",
+            ["route", "result"],
         )
 
     def _counter(self, name: str, doc: str, labels: list[str], names: dict[int, NameLabels] | None = None) -> Family:

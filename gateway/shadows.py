@@ -22,6 +22,8 @@ import contextlib
 import contextvars
 import json
 import logging
+import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +31,15 @@ from typing import Any
 from adapters.base import ForwardResponse
 from adapters.errors import ModelyardError
 from adapters.protowire import WireError, records
+from gateway.logs import CURRENT, RequestScope
 from gateway.metrics import Metrics
+from placement.route_stats import Disagreement, RouteStats, clip
 
 log = logging.getLogger("modelyard.shadows")
 
 # Top-level fields of each protocol's answers that name the model or the request, not the result.
 _GRPC_NAMING_FIELDS = {"kserve-grpc": frozenset({1, 2, 3}), "tfserving-grpc": frozenset({2})}
+_GRPC_FAILED = frozenset({2, 4, 8, 13, 14})  # gRPC codes that mean the model failed, not the request
 
 
 @dataclass(slots=True)
@@ -44,16 +49,25 @@ class ShadowJob:
     send: Callable[[str], Awaitable[ForwardResponse]]  # the request, sent to a backend holding `model`
     protocol: str
     primary: ForwardResponse
+    primary_seconds: float | None = None  # how long the primary took, for the comparison report
+    request: RequestScope | None = None  # the client's request (its id goes with a disagreement)
 
 
 class Shadows:
     """The per-gateway shadow queue and its workers, started on first use (no task at construction)."""
 
     def __init__(
-        self, pick: Callable[[str], str | None], metrics: Metrics, queue_size: int = 256, concurrency: int = 16
+        self,
+        pick: Callable[[str], str | None],
+        metrics: Metrics,
+        queue_size: int = 256,
+        concurrency: int = 16,
+        stats: RouteStats | None = None,
     ) -> None:
         self.pick = pick  # a backend holding a ready copy of a model, or None (no I/O)
         self.metrics = metrics
+        # The comparison report's counts, flushed to Redis in batches by placement.rollouts.
+        self.stats = stats or RouteStats()
         self.queue_size = queue_size
         self.concurrency = concurrency
         self._queue: asyncio.Queue[ShadowJob] | None = None
@@ -71,10 +85,13 @@ class Shadows:
                 )
                 for i in range(self.concurrency)
             ]
+        if job.request is None:
+            job.request = CURRENT.get()
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.metrics.shadow_dropped.labels(job.route, "queue_full").inc()
+            self.stats.record_shadow(job.route, job.model, "dropped")
             return False
         return True
 
@@ -106,16 +123,32 @@ class Shadows:
         backend = self.pick(job.model)
         if backend is None:
             self.metrics.shadow_dropped.labels(job.route, "cold").inc()
+            self.stats.record_shadow(job.route, job.model, "dropped")
             return
         self.metrics.shadows.labels(job.route, "sent").inc()
+        self.stats.record_shadow(job.route, job.model, "sent")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             answer = await job.send(backend)
         except ModelyardError as exc:
             self.metrics.shadows.labels(job.route, "failed").inc()
+            self.stats.record_shadow(job.route, job.model, "failed")
             log.debug("shadow of route %s to %s on %s failed: %s", job.route, job.model, backend, exc)
             return
+        took = loop.time() - started
+        failed = answer.status in _GRPC_FAILED if job.protocol in _GRPC_NAMING_FIELDS else answer.status >= 500
         agree = same_answer(job.protocol, job.primary, answer)
+        outcome = "failed" if failed and not agree else "agree" if agree else "disagree"
         self.metrics.shadows.labels(job.route, "agree" if agree else "disagree").inc()
+        self.stats.record_shadow(job.route, job.model, outcome, job.primary_seconds, took)
+        if outcome == "disagree":
+            request_id = job.request.request_id if job.request is not None else ""
+            self.stats.disagreement(
+                Disagreement(
+                    job.route, job.model, request_id, clip(_plain(job.primary)), clip(_plain(answer)), time.time()
+                )
+            )
 
 
 def same_answer(protocol: str, a: ForwardResponse, b: ForwardResponse) -> bool:
@@ -137,14 +170,25 @@ def _result(protocol: str, resp: ForwardResponse) -> Any:
         skip = _GRPC_NAMING_FIELDS[protocol]
         view = memoryview(resp.body)
         return [bytes(view[start:end]) for field, _, start, _, end in records(view, 0, len(view)) if field not in skip]
-    body, tail = resp.body, b""
+    body, tail = _plain(resp), b""
     if protocol == "kserve":
         size = next((v for k, v in resp.headers if k == "inference-header-content-length"), None)
         if size is not None:
             body, tail = resp.body[: int(size)], resp.body[int(size) :]
         data = json.loads(body)
         return (data.get("outputs") if isinstance(data, dict) else data), tail
-    data = json.loads(body)
+    data = json.loads(_plain(resp))
     if isinstance(data, dict):
         return {k: data[k] for k in ("predictions", "outputs", "results") if k in data}
     return data
+
+
+def _plain(resp: ForwardResponse) -> bytes:
+    """The body without its HTTP content encoding (backends gzip answers for clients that accept it)."""
+    encoding = next((v for k, v in resp.headers if k.lower() == "content-encoding"), "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            return zlib.decompress(resp.body, 47)  # 32 + 15: gzip or zlib header, detected
+        except zlib.error:
+            return resp.body
+    return resp.body

@@ -4,7 +4,8 @@ Every `REFRESH_MS` it fetches `GET /admin/placement` (backends, their models mos
 last use) and `GET /admin/stats` (this gateway's hits, misses, loads and evictions per minute, the latest loads
 and evictions, and the server's clock, so idle ages don't depend on the browser's). The admin token comes from
 `?token=` once, is kept in the tab's sessionStorage and removed from the address bar. Names are put in the page
-as text nodes, never as HTML. Elements carry `data-backend`, `data-model` and `data-state` for tests.
+as text nodes, never as HTML. A second loop fetches `GET /admin/rollouts` for the rollouts table. Elements carry
+`data-backend`, `data-model` and `data-state` (rollouts: `data-route`, `data-phase`) for tests.
 """
 
 REFRESH_MS = 2000
@@ -57,6 +58,8 @@ ul.events .t{color:var(--dim);font-variant-numeric:tabular-nums;margin-right:.6e
 the next to be evicted when a cold model needs room (unless it is pinned or busy).</p>
 <section class="activity"><h3>Recent loads and evictions (this gateway)</h3><ul class="events" id="events"></ul>
 </section>
+<section class="activity"><h3>Rollouts</h3><table id="rollouts"><tbody><tr><td class="empty">none</td></tr>
+</tbody></table></section>
 </main>
 <script>
 "use strict";
@@ -208,8 +211,28 @@ async function tick() {
     setTimeout(tick, failures ? Math.min(10000, REFRESH_MS * 2 ** failures) : REFRESH_MS);
   }
 }
+// Rollouts (GET /admin/rollouts): a loop of its own, so the placement view never waits on it.
+async function rolloutsTick() {
+  try {
+    const data = await getJSON("/admin/rollouts");
+    const table = el("table", {id: "rollouts"});
+    const heads = ["route", "candidate", "phase", "step", "weight", "reason"];
+    table.append(el("tr", {}, ...heads.map(h => el("th", {}, h))));
+    for (const r of data.rollouts) {
+      const step = r.step === null || r.step === undefined ? "" : String(r.step + 1);
+      table.append(el("tr", {"data-route": r.route, "data-phase": r.phase},
+        el("td", {}, r.route), el("td", {}, r.model), el("td", {class: "s-" + (r.phase === "rolled_back" ? "failed"
+          : r.phase === "promoted" ? "ready" : "loading")}, r.phase), el("td", {}, step),
+        el("td", {}, r.weight + " %"), el("td", {}, r.reason || "")));
+    }
+    if (!data.rollouts.length) table.append(el("tr", {}, el("td", {class: "empty"}, "none")));
+    document.getElementById("rollouts").replaceWith(table);
+  } catch (e) { /* the placement loop reports errors */ }
+  setTimeout(rolloutsTick, REFRESH_MS);
+}
 document.getElementById("gw").textContent = location.host;
 tick();
+rolloutsTick();
 </script></body></html>
 """
 )

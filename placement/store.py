@@ -21,6 +21,15 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:gaps                     HASH model -> learned mean seconds between its requests (written with usage)
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
 
+Rollouts and route statistics (the block at the end of `RedisStore`, `placement.rollout`, `placement.route_stats`):
+
+    p:rstat:{route}            HASH sums of every gateway's flushes: m|{model}|req, m|{model}|err, m|{model}|b{i}
+                               (latency bucket i), s|{shadow}|{sent,agree,disagree,failed,dropped},
+                               s|{shadow}|p{i} / s|{shadow}|s{i} (primary / shadow latency buckets)
+    p:rdis:{route}             LIST the route's latest shadow disagreements (JSON), newest first, capped
+    p:rollouts                 SET routes that have a rollout record
+    p:rollout:{route}          STRING rollout state JSON; written only by `rollout_write`, which checks its version
+
 Capacity is only ever taken by `reserve`, which counts the backend's copies and reserves the slot in one
 script, so two gateways can never both take the last slot. A slot is freed only by `finish_unload` (after the
 backend finished unloading), by `fail`, or by `drop` (the backend lost the copy). Every write that belongs to
@@ -43,6 +52,7 @@ import redis.asyncio as aioredis
 
 from placement.arrivals import WEIGHT
 from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, RouteSpec
+from placement.route_stats import DISAGREEMENTS_KEPT, Batch, ModelCounts, RouteCounts, ShadowCounts
 
 # Each script publishes its own event, so a change and its announcement can't be separated.
 _RESERVE = """
@@ -204,6 +214,30 @@ return 'ok'
 """
 
 
+# -- rollouts ---------------------------------------------------------------------------------------------
+# KEYS: rollout key, routes hash, rollouts set. ARGV: expected version ('' = no record or a finished one), new
+# state JSON, route name, new route spec JSON ('' = leave the route), events channel.
+# The state and the route it sets change together, or neither does; a deleted route is never brought back.
+_ROLLOUT_WRITE = """
+local cur = redis.call('GET', KEYS[1])
+local expect = ARGV[1]
+if cur then
+  local c = cjson.decode(cur)
+  if expect == '' then
+    if c.phase == 'shadow' or c.phase == 'step' then return 'running' end
+  elseif tostring(c.version) ~= expect then return 'conflict' end
+elseif expect ~= '' then return 'conflict' end
+if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return 'gone' end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], cjson.encode({t='route', r=ARGV[3]}))
+end
+return 'ok'
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the local view mirrors, read in one go."""
@@ -262,6 +296,7 @@ class RedisStore:
         self._put_route = client.register_script(_PUT_ROUTE)
         self._load_seconds = client.register_script(_LOAD_SECONDS)
         self._gaps = client.register_script(_GAPS)
+        self._rollout_write = client.register_script(_ROLLOUT_WRITE)
 
     # -- keys ------------------------------------------------------------------------------------------
     def k_backend(self, bid: str) -> str:
@@ -663,6 +698,97 @@ class RedisStore:
                 if raw:
                     models[n] = ModelSpec.from_json(json.loads(raw))
         return Snapshot(backends, models, copies, await self.routes())
+
+    # -- rollouts and route statistics (placement.rollout, placement.route_stats) ---------------------------
+    def k_rstat(self, route: str) -> str:
+        return f"{self.p}:rstat:{route}"
+
+    def k_rollout(self, route: str) -> str:
+        return f"{self.p}:rollout:{route}"
+
+    async def flush_route_stats(self, batch: Batch) -> None:
+        """Add one gateway's counts since its last flush to the cluster's sums, in one round trip."""
+        if not batch:
+            return
+        self._count("route_stats_flush")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for route, rc in batch.routes.items():
+                key = self.k_rstat(route)
+                for m, c in rc.models.items():
+                    pipe.hincrby(key, f"m|{m}|req", c.requests)
+                    if c.errors:
+                        pipe.hincrby(key, f"m|{m}|err", c.errors)
+                    for b, n in c.latency.counts.items():
+                        pipe.hincrby(key, f"m|{m}|b{b}", n)
+                for m, sc in rc.shadows.items():
+                    for outcome, n in sc.counts.items():
+                        pipe.hincrby(key, f"s|{m}|{outcome}", n)
+                    for b, n in sc.primary.counts.items():
+                        pipe.hincrby(key, f"s|{m}|p{b}", n)
+                    for b, n in sc.shadow.counts.items():
+                        pipe.hincrby(key, f"s|{m}|s{b}", n)
+            for d in batch.disagreements:
+                pipe.lpush(f"{self.p}:rdis:{d.route}", json.dumps(d.to_json()))
+            for route in {d.route for d in batch.disagreements}:
+                pipe.ltrim(f"{self.p}:rdis:{route}", 0, DISAGREEMENTS_KEPT - 1)
+            await pipe.execute()
+
+    async def route_counts(self, route: str) -> RouteCounts:
+        """The cluster's sums for one route since its counts began."""
+        self._count("read")
+        raw = await self.r.hgetall(self.k_rstat(route))
+        out = RouteCounts()
+        for k, v in raw.items():
+            kind, model, field_ = _s(k).split("|", 2)
+            n = int(v)
+            if kind == "m":
+                c = out.models.setdefault(model, ModelCounts())
+                if field_ == "req":
+                    c.requests = n
+                elif field_ == "err":
+                    c.errors = n
+                else:
+                    c.latency.counts[int(field_[1:])] = n
+            else:
+                sc = out.shadows.setdefault(model, ShadowCounts())
+                if field_[0] in "ps" and field_[1:].isdigit():
+                    (sc.primary if field_[0] == "p" else sc.shadow).counts[int(field_[1:])] = n
+                else:
+                    sc.counts[field_] = n
+        return out
+
+    async def disagreements(self, route: str) -> list[dict[str, Any]]:
+        self._count("read")
+        raw = await self.r.lrange(f"{self.p}:rdis:{route}", 0, DISAGREEMENTS_KEPT - 1)
+        return [json.loads(x) for x in raw]
+
+    async def rollout_get(self, route: str) -> dict[str, Any] | None:
+        self._count("read")
+        raw = await self.r.get(self.k_rollout(route))
+        return json.loads(raw) if raw else None
+
+    async def rollout_routes(self) -> list[str]:
+        self._count("read")
+        return sorted(_s(r) for r in await self.r.smembers(f"{self.p}:rollouts"))
+
+    async def rollout_write(
+        self, route: str, expect_version: int | None, state: dict[str, Any], spec: RouteSpec | None
+    ) -> str:
+        """Write a rollout's state, and the route it sets (if any), together: 'ok', 'conflict' (someone wrote
+        since `expect_version` was read), 'running' (starting while another rollout runs) or 'gone' (the route was
+        deleted: it is never brought back)."""
+        self._count("script")
+        res = await self._rollout_write(
+            keys=[self.k_rollout(route), f"{self.p}:routes", f"{self.p}:rollouts"],
+            args=[
+                "" if expect_version is None else str(expect_version),
+                json.dumps(state),
+                route,
+                json.dumps(spec.to_json()) if spec is not None else "",
+                self.events,
+            ],
+        )
+        return _s(res)
 
 
 def _s(v: Any) -> str:

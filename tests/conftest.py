@@ -44,8 +44,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         MODELS,
         tritons=2,
         failing=["broken"],
-        execute_delay_s={"slow": 1.0},
+        execute_delay_s={"slow": 1.0, "slower": 2.0},
         stalls={"stall": STALL},
+        fail_fractions={"flaky": 0.2},  # an error answer on a reproducible fifth of its calls
         token=TOKEN,
     ) as s:
         yield s

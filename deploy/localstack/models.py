@@ -54,6 +54,7 @@ FAIL_INITIALIZE = {fail_initialize!r}
 STALL_S = {stall_s!r}
 STALL_FRACTION = {stall_fraction!r}
 STALL_SEED = {stall_seed!r}
+FAIL_FRACTION = {fail_fraction!r}
 
 
 def _log(path, line):
@@ -69,6 +70,11 @@ SERVER = os.environ.get("MODELYARD_LOCALSTACK_SERVER", "")
 def _stalls(instance, n):
     digest = hashlib.blake2b(f"{{STALL_SEED}}:{{SERVER}}:{{instance}}:{{n}}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") < STALL_FRACTION * 2.0**64
+
+
+def _fails(instance, n):
+    digest = hashlib.blake2b(f"fail:{{SERVER}}:{{instance}}:{{n}}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < FAIL_FRACTION * 2.0**64
 
 
 class TritonPythonModel:
@@ -91,6 +97,9 @@ class TritonPythonModel:
             self.executed += 1
             if STALL_S and _stalls(self.instance, self.executed):
                 time.sleep(STALL_S)
+            if FAIL_FRACTION and _fails(self.instance, self.executed):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{{NAME}} fails on purpose")))
+                continue
             out = pb_utils.Tensor("OUTPUT0", (x + OFFSET).astype(np.float32))
             name = pb_utils.Tensor("MODEL_NAME", np.array([NAME.encode()], dtype=np.object_))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out, name]))
@@ -134,6 +143,7 @@ def write_model(
     execute_delay_s: float = 0.0,
     fail_initialize: bool = False,
     stall: Stall | None = None,
+    fail_fraction: float = 0.0,
 ) -> Path:
     """Write one test model, version 1, at `root/name`; returns its directory.
 
@@ -141,7 +151,8 @@ def write_model(
     sees the model's files as changed, and the next load request reloads the model instead of being a no-op.
 
     `initialize_delay_s` makes loads slow, `execute_delay_s` makes every request slow, and `fail_initialize`
-    makes every load fail (after the load-log line is written). `stall` makes a share of the calls slow.
+    makes every load fail (after the load-log line is written). `stall` makes a share of the calls slow, and
+    `fail_fraction` a share of them fail (an error answer; which calls is reproducible).
     """
     if not _NAME_RE.match(name):
         raise ValueError(f"model name {name!r} does not match {_NAME_RE.pattern}")
@@ -159,6 +170,7 @@ def write_model(
             stall_s=stall.ms / 1000 if stall else 0.0,
             stall_fraction=stall.fraction if stall else 0.0,
             stall_seed=stall.seed if stall else 0,
+            fail_fraction=float(fail_fraction),
         )
     )
     py_compile.compile(
@@ -178,11 +190,12 @@ def write_model_repository(
     execute_delay_s: Mapping[str, float] | None = None,
     failing: Collection[str] = (),
     stalls: Mapping[str, Stall] | None = None,
+    fail_fractions: Mapping[str, float] | None = None,
 ) -> None:
     """Write one Python-backend test model per name under `root`; model `names[i]` adds `i` to its input.
 
     The per-model options of `write_model` can be given by name: `initialize_delay_s`, `execute_delay_s`,
-    `failing` (models whose `initialize` raises) and `stalls`.
+    `failing` (models whose `initialize` raises), `stalls` and `fail_fractions`.
     """
     if len(set(names)) != len(names):
         raise ValueError("model names must be distinct")
@@ -197,4 +210,5 @@ def write_model_repository(
             execute_delay_s=(execute_delay_s or {}).get(name, 0.0),
             fail_initialize=name in failing,
             stall=(stalls or {}).get(name),
+            fail_fraction=(fail_fractions or {}).get(name, 0.0),
         )

@@ -108,6 +108,7 @@ class LocalStack:
         execute_delay_s: dict[str, float] | None = None,
         stalls: dict[str, Stall] | None = None,
         token: str = "local-admin-token",
+        fail_fractions: dict[str, float] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,7 @@ class LocalStack:
         self._failing = list(failing)
         self._delays = execute_delay_s or {}
         self._stalls = stalls or {}
+        self._fail_fractions = fail_fractions or {}
 
     def start(self) -> None:
         write_model_repository(
@@ -141,6 +143,7 @@ class LocalStack:
             failing=self._failing,
             execute_delay_s=self._delays,
             stalls=self._stalls,
+            fail_fractions=self._fail_fractions,
         )
         self.redis.start()
         for t in self.tritons:

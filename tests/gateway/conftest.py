@@ -14,7 +14,7 @@ from collections.abc import Callable
 from deploy.localstack.models import Stall, demo_model_names
 from deploy.localstack.stack import GatewayProcess
 
-MODELS = [*demo_model_names(40), "broken", "slow", "stall"]
+MODELS = [*demo_model_names(40), "broken", "slow", "stall", "flaky", "slower"]
 # "stall" sleeps 1.5 s on a fifth of the calls each of its two instances executes (a reproducible share)
 STALL = Stall(ms=1500, fraction=0.2, seed=5, instances=2)
 TOKEN = "test-admin-token"
