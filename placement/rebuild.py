@@ -126,8 +126,11 @@ class Rebuilder:
 
     async def adopt_backend(self, bid: str, report: RebuildReport | None = None) -> None:
         """Make Redis's copies on `bid` include what the backend holds: adopt registered models within capacity,
-        unload the rest (see the module docstring). Copies Redis has that the backend lacks are reconciliation's."""
+        unload the rest (see the module docstring). Copies Redis has that the backend lacks are reconciliation's.
+        While Redis is being rebuilt (by any gateway: this one's generation is not Redis's), nothing is unloaded:
+        a model may be missing only because its record is not re-seeded yet."""
         report = report if report is not None else RebuildReport()
+        settled = self.view.generation is not None and await self.store.generation() == self.view.generation
         adapter = self.adapter(bid)
         # Redis first, then the backend: a copy reserved after the listing is 'exists' to the script.
         known = {c.model for c in await self.store.copies_on(bid) if c.state is not CopyState.FAILED}
@@ -141,7 +144,12 @@ class Rebuilder:
             if result == "ok":
                 report.adopted += 1
                 log.info("adopted %s on %s: the backend holds it", model, bid)
-            elif result in ("full", "unregistered") and kind == "triton":
+            elif (
+                result in ("full", "unregistered")
+                and kind == "triton"
+                and settled
+                and (result == "full" or model not in self.view.models)
+            ):
                 await adapter.unload(model)
                 report.unloaded += 1
                 log.warning("unloaded %s from %s: %s", model, bid, "over capacity" if result == "full" else result)

@@ -65,6 +65,7 @@ class Reconciler:
         self.scaler = CopyScaler(store, view, loader, settings, clock)
         self.rebuilder = Rebuilder(store, view, adapters, clock)
         view.on_generation_lost = self._generation_lost
+        self._lease: int | None = None  # the reconcile lease's token when this gateway took it last
         self.dead_dropped = 0  # copies removed from dead backends, for metrics and tests
 
     def _generation_lost(self) -> None:
@@ -120,12 +121,24 @@ class Reconciler:
             if rec is not None and rec.healthy != healthy:
                 with contextlib.suppress(Exception):
                     await self.store.set_backend_flag(bid, "healthy", healthy)
+            if before is True and not healthy and await self._leading():
+                # The leader's word, said now rather than at its next round: the copies leave the placement.
+                with contextlib.suppress(Exception):
+                    await self.drop_dead(bid)
 
     async def reconcile_if_leader(self) -> None:
         token = await self.store.lease_try("__reconcile__", int(self.settings.reconcile_interval * 1000))
         if token is None:
             return
+        self._lease = token
         await self.reconcile()
+
+    async def _leading(self) -> bool:
+        """True while this gateway holds the reconcile lease it took last."""
+        try:
+            return self._lease is not None and await self.store.lease_holder("__reconcile__") == self._lease
+        except Exception:
+            return False
 
     async def reconcile(self) -> None:
         for bid in list(self.view.backends):
