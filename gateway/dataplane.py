@@ -43,6 +43,7 @@ from gateway.settings import Settings
 from gateway.shadows import ShadowJob, Shadows
 from gateway.tracing import Tracing
 from placement.errors import UnknownModel
+from placement.health import gateway_failure
 from placement.placer import Placer
 from placement.records import HedgePolicy, RouteSpec
 
@@ -356,11 +357,11 @@ class DataPlane:
                 )
                 try:
                     resp = await self.placer.adapter(backend).forward(request)
-                except (BackendUnavailable, BackendTimeout):
+                except BackendUnavailable:  # not BackendTimeout: a slow model is not a failing backend
                     self._outcome(backend, False)
                     raise
                 sent.status = resp.status
-                self._outcome(backend, not _failed(call.protocol, resp.status))
+                self._outcome(backend, not gateway_failure(call.protocol, resp.status))
                 return resp
         finally:
             usage.finish(model, backend)

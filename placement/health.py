@@ -1,10 +1,14 @@
 """Passive outlier ejection, Envoy-style: what one gateway's data plane saw of each backend.
 
-`consecutive_failures` connection failures or 5xx answers in a row from a backend eject it from this gateway's
+`consecutive_failures` gateway failures in a row from a backend (connections refused or dropped, and answers 502,
+503, 504 or gRPC UNAVAILABLE: Envoy's `consecutive_gateway_failure`, less timeouts) eject it from this gateway's
 rotation for `base_ejection` seconds times the number of times it was ejected (capped at `max_ejection`); a
 success resets the streak, and a backend that stays clean for `max_ejection` seconds after its ejection ended
 starts from one again. At most `max_ejection_percent` of the backends are ejected at once (at least one), so a
 fault that makes every backend answer 5xx (a bad model, an overloaded fleet) doesn't take them all away.
+
+A 500 or a timeout is not counted: it is usually one model's own error or slowness, and one model must not take
+a backend that serves many others out of rotation.
 
 This is local and fast (no Redis): it decides where this gateway sends requests, never what Redis says a
 backend holds. Removing a dead backend's copies from the placement is the reconcile leader's job
@@ -18,6 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from placement.clock import Clock
+
+_HTTP_GATEWAY_FAILURES = frozenset({502, 503, 504})
+_GRPC_UNAVAILABLE = 14
+
+
+def gateway_failure(protocol: str, status: int) -> bool:
+    """Whether a backend's answer counts against it: the server or its proxy failed, not the request."""
+    return status == _GRPC_UNAVAILABLE if protocol.endswith("-grpc") else status in _HTTP_GATEWAY_FAILURES
 
 
 @dataclass(slots=True)
