@@ -89,7 +89,7 @@ class Rebuilder:
             if self.view.reachable.get(bid) is False:
                 continue
             try:
-                await self.adopt_backend(bid, report)
+                await self.adopt_backend(bid, report, ask_registered=True)
             except Exception as exc:  # one unreachable backend must not stop the others
                 log.warning("adopting what %s holds failed: %s", bid, exc)
         self.view.generation = generation
@@ -124,9 +124,11 @@ class Rebuilder:
             if await self.store.seed(kind, name, ver, None) != "kept":
                 report.tombstones += 1
 
-    async def adopt_backend(self, bid: str, report: RebuildReport | None = None) -> None:
+    async def adopt_backend(self, bid: str, report: RebuildReport | None = None, ask_registered: bool = False) -> None:
         """Make Redis's copies on `bid` include what the backend holds: adopt registered models within capacity,
         unload the rest (see the module docstring). Copies Redis has that the backend lacks are reconciliation's.
+        `ask_registered`: also ask a list-configured backend (TF Serving) about each registered model of its
+        runtime, one RPC each (after a loss, when the lists its `loaded()` reads are gone).
         While Redis is being rebuilt (by any gateway: this one's generation is not Redis's), nothing is unloaded:
         a model may be missing only because its record is not re-seeded yet."""
         report = report if report is not None else RebuildReport()
@@ -136,8 +138,8 @@ class Rebuilder:
         known = {c.model for c in await self.store.copies_on(bid) if c.state is not CopyState.FAILED}
         kind = self.view.backends[bid].spec.kind if bid in self.view.backends else None
         holding = await adapter.loaded()
-        among = getattr(adapter, "loaded_among", None)
-        if among is not None:  # a list-configured backend (TF Serving) is asked about the registered models
+        among = getattr(adapter, "loaded_among", None) if ask_registered else None
+        if among is not None:  # a list-configured backend (TF Serving) is asked about every registered model
             holding |= await among([m for m, s in self.view.models.items() if s.runtime == kind])
         for model in sorted(holding - known):
             result = await self.store.adopt_held(bid, model, self.clock.now())

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from placement.placer import Placer
 from placement.records import CopyState, ModelSpec, RouteSpec
-from tests.fakes import FakeBackend
+from tests.fakes import FakeAdapter, FakeBackend
 from tests.placement.conftest import MakePlacer, register
 
 
@@ -121,3 +121,32 @@ async def test_a_new_redis_adopts_what_the_backends_hold_and_unloads_what_does_n
     assert backends["b1"].held == {"x", "y"} and not backends["b1"].loads
     await a.reconciler.rebuilder.adopt_backend("b1")  # again: nothing changes
     assert sorted(backends["b1"].unloads) == ["unknown", "z"]
+
+
+async def test_a_list_configured_backend_is_asked_about_every_registered_model_after_a_loss(
+    make_placer: MakePlacer,
+    backends: dict[str, FakeBackend],
+    redis_client: aioredis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = await make_placer()
+    await register(a, backends, {"b1": 2}, [triton("x"), triton("y")])
+    bid = await a.ensure("x")
+    asked: list[list[str]] = []
+
+    async def lists_lost(self: FakeAdapter) -> set[str]:
+        return set()  # like TF Serving's loaded(): its names came from lists Redis no longer has
+
+    async def loaded_among(self: FakeAdapter, names: list[str]) -> set[str]:
+        asked.append(sorted(names))
+        return self.b.held & set(names)
+
+    monkeypatch.setattr(FakeAdapter, "loaded", lists_lost)
+    monkeypatch.setattr(FakeAdapter, "loaded_among", loaded_among, raising=False)
+    await wipe(redis_client, prefix)
+    await rebuilt(a)
+    assert asked == [["x", "y"]]
+    assert [(c.backend, c.state) for c in await a.store.copies_of("x")] == [(bid, CopyState.READY)]
+    await a.reconciler.rebuilder.adopt_backend(bid)  # a reconcile round does not ask about every model
+    assert len(asked) == 1
