@@ -73,9 +73,9 @@ class Rebuilder:
     async def _run(self) -> RebuildReport:
         try:
             report = await self.rebuild()
-        except Exception:
-            log.exception("rebuilding Redis failed; the next resync tries again")
-            raise
+        except Exception as exc:  # Redis went away again: the next resync or health round notices and retries
+            log.warning("rebuilding Redis failed (%s); it is tried again at the next look", exc)
+            return RebuildReport()
         self.rebuilds += 1
         return report
 

@@ -72,7 +72,11 @@ class PlacementView:
 
     # -- updates ---------------------------------------------------------------------------------------
     def load_snapshot(self, snap: Snapshot) -> None:
-        if snap.generation is None or (self.generation is not None and snap.generation != self.generation):
+        if (
+            snap.generation is None
+            or (self.generation is not None and snap.generation != self.generation)
+            or self._records_lost(snap)
+        ):
             # Redis is new or lost data: keep serving from what this view holds until it is rebuilt.
             if self.on_generation_lost is not None:
                 self.on_generation_lost()
@@ -89,6 +93,18 @@ class PlacementView:
         self._notify_all()
         if self.on_backends_changed:
             self.on_backends_changed()
+
+    def _records_lost(self, snap: Snapshot) -> bool:
+        """A record this view holds that the snapshot lacks with no delete (tombstone) to say why: Redis lost it
+        while keeping its generation (a failover to a replica that was behind)."""
+        if self.generation is None:
+            return False
+        held = [
+            *(f"backend:{b}" for b in self.backends if b not in snap.backends),
+            *(f"model:{m}" for m in self.models if m not in snap.models),
+            *(f"route:{r}" for r in self.routes if r not in snap.routes),
+        ]
+        return any(snap.tombstones.get(key, -1) < self.versions.get(key, 0) for key in held)
 
     def set_copy(self, model: str, backend: str, state: CopyState | None) -> None:
         if state is None:

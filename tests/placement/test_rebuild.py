@@ -150,3 +150,21 @@ async def test_a_list_configured_backend_is_asked_about_every_registered_model_a
     assert [(c.backend, c.state) for c in await a.store.copies_of("x")] == [(bid, CopyState.READY)]
     await a.reconciler.rebuilder.adopt_backend(bid)  # a reconcile round does not ask about every model
     assert len(asked) == 1
+
+
+async def test_records_lost_under_the_same_generation_are_rebuilt(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend], redis_client: aioredis.Redis, prefix: str
+) -> None:
+    a = await make_placer()
+    await register(a, backends, {"b1": 2}, [triton("x"), triton("y")])
+    await a.reconciler.rebuilder.trigger()  # the first start's (a new Redis), if it has not ended yet
+    rebuilds = a.reconciler.rebuilder.rebuilds
+    await a.store.delete_model("y")  # a delete leaves a tombstone: not a loss
+    await a.sync.resync()
+    assert a.reconciler.rebuilder.rebuilds == rebuilds and sorted(a.view.models) == ["x"]
+    # A failover to a replica that was behind: the generation is there, a model is not, and no delete says why.
+    await redis_client.zrem(f"{prefix}:models", "x")
+    await redis_client.delete(f"{prefix}:model:x")
+    await rebuilt(a)
+    assert a.reconciler.rebuilder.rebuilds == rebuilds + 1
+    assert sorted((await a.store.snapshot()).models) == ["x"] and sorted(a.view.models) == ["x"]
