@@ -66,6 +66,7 @@ class Reconciler:
         self.rebuilder = Rebuilder(store, view, adapters, clock)
         view.on_generation_lost = self._generation_lost
         self._lease: int | None = None  # the reconcile lease's token when this gateway took it last
+        self._verdicts: dict[str, bool] = {}  # the health checks' last verdict per backend
         self.dead_dropped = 0  # copies removed from dead backends, for metrics and tests
 
     def _generation_lost(self) -> None:
@@ -81,6 +82,9 @@ class Reconciler:
     async def stop(self) -> None:
         for t in self._tasks:
             await stop_task(t, self._stop)
+        if self._lease is not None:  # hand leadership on at once rather than after the lease expires
+            with contextlib.suppress(Exception):
+                await self.store.lease_release("__reconcile__", self._lease)
         task = self.rebuilder._task
         if task is not None and not task.done():
             task.cancel()
@@ -121,20 +125,25 @@ class Reconciler:
             if rec is not None and rec.healthy != healthy:
                 with contextlib.suppress(Exception):
                     await self.store.set_backend_flag(bid, "healthy", healthy)
-            if before is True and not healthy and await self._leading():
+            was, self._verdicts[bid] = self._verdicts.get(bid), healthy
+            # Its own verdict, not `before`: the data plane takes a refusing backend out of the view at once.
+            if was is True and not healthy and await self._leading():
                 # The leader's word, said now rather than at its next round: the copies leave the placement.
                 with contextlib.suppress(Exception):
                     await self.drop_dead(bid)
 
     async def reconcile_if_leader(self) -> None:
-        token = await self.store.lease_try("__reconcile__", int(self.settings.reconcile_interval * 1000))
-        if token is None:
-            return
-        self._lease = token
+        # The leader keeps the lease by renewing it each round (it lasts two rounds), so leadership is stable and
+        # there is always a leader to act at once on a dead backend; a dead leader's lease expires in two rounds.
+        ttl = int(self.settings.reconcile_interval * 2000)
+        if self._lease is None or not await self.store.lease_renew("__reconcile__", self._lease, ttl):
+            self._lease = await self.store.lease_try("__reconcile__", ttl)
+            if self._lease is None:
+                return
         await self.reconcile()
 
     async def _leading(self) -> bool:
-        """True while this gateway holds the reconcile lease it took last."""
+        """True while this gateway holds the reconcile lease."""
         try:
             return self._lease is not None and await self.store.lease_holder("__reconcile__") == self._lease
         except Exception:

@@ -57,14 +57,16 @@ async def test_a_dead_backends_copies_leave_the_placement_and_its_models_are_pla
     await other.sync.resync()
     b1 = await leader.ensure("m1")
     await other.sync.resync()
-    backends[b1].up = False
-    backends[b1].held.clear()  # killed: a restarted server holds nothing
+    for g in (leader, other):
+        await g.reconciler.check_health()  # both have seen it up
+    backends[b1].up = False  # killed
 
     await leader.reconciler.check_health()
     await leader.reconciler.reconcile()
     assert [c.state for c in await leader.store.copies_on(b1)] == [CopyState.READY]  # one failed check: not yet
     for _ in range(2):  # the other gateway is not the leader: its checks alone remove nothing
         await other.reconciler.check_health()
+    assert other.view.reachable[b1] is False
     assert [c.state for c in await leader.store.copies_on(b1)] == [CopyState.READY]
     await leader.reconciler.reconcile_if_leader()  # takes the reconcile lease: its word counts
     await leader.reconciler.check_health()
@@ -72,6 +74,7 @@ async def test_a_dead_backends_copies_leave_the_placement_and_its_models_are_pla
     assert leader.warm_backend("m1") is None  # out of this gateway's rotation at once
     assert await leader.store.copies_on(b1) == []  # left the placement at once: slot freed
     assert leader.reconciler.dead_dropped == 1
+    backends[b1].held.clear()  # a restarted server holds nothing
     await other.sync.resync()
     survivor = "b2" if b1 == "b1" else "b1"
     assert await other.ensure("m1") == survivor  # re-placed on the next request instead of failing
@@ -94,3 +97,17 @@ async def test_one_gateway_that_cannot_reach_a_backend_does_not_remove_its_copie
     leader.view.reachable["b1"] = False  # only this gateway's view: Redis's healthy flag still says 1
     await leader.reconciler.reconcile()
     assert [c.state for c in await leader.store.copies_on("b1")] == [CopyState.READY]
+
+
+async def test_a_backend_the_data_plane_found_refusing_is_dropped_at_the_leaders_next_failed_check(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend]
+) -> None:
+    leader = await make_placer(health_failures=3)
+    await register(leader, backends, {"b1": 2}, [triton("m")])
+    await leader.ensure("m")
+    await leader.reconciler.check_health()
+    await leader.reconciler.reconcile_if_leader()
+    backends["b1"].up = False
+    leader.view.reachable["b1"] = False  # what DataPlane does on a refused connection
+    await leader.reconciler.check_health()
+    assert await leader.store.copies_on("b1") == []
