@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -19,8 +19,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m deploy.localstack.demo $(ARGS)
 
+# Two workers, each with its own session stack (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(ARGS)
 
 check: setup
 	$(VENV)/bin/ruff check .
@@ -35,6 +38,12 @@ bench-grpc: setup
 
 bench-hedging: setup
 	$(PY) -m loadtests.hedging $(ARGS)
+
+bench-churn: setup
+	$(PY) -m loadtests.churn $(ARGS)
+
+bench-workers: setup
+	$(PY) -m loadtests.workers $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup

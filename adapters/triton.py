@@ -1,14 +1,17 @@
 """Adapter for NVIDIA Triton Inference Server, or any server speaking KServe v2 with the repository extension.
 
-The backend must run with `--model-control-mode=explicit`. Model control goes through the repository API
-(`POST /v2/repository/models/{m}/load|unload`, `POST /v2/repository/index`); inference and metadata are
+The backend must run with `--model-control-mode=explicit`. Model control goes through the repository API: over
+gRPC (`RepositoryModelLoad`/`Unload`/`Index`, `adapters.triton_control`) when the backend has a `grpc_url`, since
+Triton's HTTP load/unload calls stall its warm HTTP requests; over HTTP (`POST /v2/repository/models/{m}/load|unload`,
+`POST /v2/repository/index`) otherwise. Inference and metadata are
 forwarded byte for byte over HTTP ("kserve") or, as raw messages, over gRPC to `grpc_url` ("kserve-grpc").
 See `adapters.base` for the contract.
 
 A model with a `source` (`file:///dir`, `s3://bucket/prefix`) is loaded by content: its files come from the
 gateway's disk cache (`adapters.sources`) and go to Triton with the load call, as the repository API's overrides
 (`{"parameters": {"config": "<config JSON>", "file:1/model.py": "<base64>", ...}}`, streamed, never whole in
-memory), so Triton needs no access to the source. What Triton 2.51 does with such loads is in
+memory; over gRPC, files up to `_GRPC_UPLOAD_MAX` in all go in one message, larger ones over HTTP), so Triton
+needs no access to the source. What Triton 2.51 does with such loads is in
 deploy/localstack/TRITON_FACTS.md, section h; in short:
 - the config must come with the files, as JSON; it carries the source's identity as a parameter, because Triton
   reloads a loaded model only when its config or version folders change, never for changed file contents;
@@ -23,6 +26,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +45,7 @@ from adapters.grpc_forward import GrpcForwarder
 from adapters.http_forward import error_text, forward_http, make_client
 from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
+from adapters.triton_control import ControlAnswer, TritonGrpcControl
 from adapters.upstream import UpstreamPool
 
 # Triton's words when it does not hold a model (checked against Triton 2.51; see deploy/localstack/TRITON_FACTS.md).
@@ -65,6 +70,9 @@ _HOLDING_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 # Bytes of a file read per step while streaming a load by content: a multiple of 3, so that the base64 of the
 # chunks, concatenated, is the base64 of the file.
 _UPLOAD_CHUNK = 3 * 256 * 1024
+# A load by content over gRPC is one message held in memory: above this many bytes of files it goes over HTTP,
+# streamed, instead.
+_GRPC_UPLOAD_MAX = 64 * 1024 * 1024
 
 
 class TritonAdapter:
@@ -84,10 +92,12 @@ class TritonAdapter:
         sources: ModelSources | None = None,
         upload_max_bytes: int = 256 * 1024 * 1024,
         content_unload_grace: float = 1.5,
+        grpc_control: bool = True,
     ) -> None:
         """`sources` reads the files of models registered with a source; `upload_max_bytes` bounds what one load
         sends; `content_unload_grace` is how long after unloading a model loaded by content the slot is still
-        taken (Triton shows no state for such a model; a Python-backend model's process exits ~1.1 s after)."""
+        taken (Triton shows no state for such a model; a Python-backend model's process exits ~1.1 s after).
+        `grpc_control` False keeps model control on HTTP even with a `grpc_url` (for comparisons)."""
         self.backend_id = backend_id
         self.sources = sources
         self.upload_max_bytes = upload_max_bytes
@@ -103,12 +113,15 @@ class TritonAdapter:
         self._pool = UpstreamPool(backend_id, self.url) if lean else None
         self.grpc_url = grpc_url
         self._grpc = GrpcForwarder(backend_id, grpc_url) if grpc_url else None
+        self._ctl = TritonGrpcControl(backend_id, grpc_url) if grpc_url and grpc_control else None
 
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
         if self._grpc is not None:
             await self._grpc.aclose()
+        if self._ctl is not None:
+            await self._ctl.aclose()
         await self._client.aclose()
 
     async def _control(self, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
@@ -131,20 +144,28 @@ class TritonAdapter:
 
     async def load(self, model: LoadRequest) -> None:
         path = f"/v2/repository/models/{quote(model.name, safe='')}/load"
-        if model.source is None:
-            resp = await self._control(path, {}, self.load_timeout)
-        else:
+        sent: httpx.Response | ControlAnswer | None
+        if model.source is not None:
             sent = await self._load_by_content(path, model.name, model.source)
             if sent is None:
                 return  # loaded here already, from the source as it is now
-            resp = sent
-        if resp.status_code != 200:
-            text = _error_text(resp)
-            if model.source is not None and "failed to poll from model repository" in text:
-                text += " (Triton refused the files sent with the load; its log has the reason)"
-            raise BackendLoadError(f"backend {self.backend_id} failed to load {model.name!r}: {text}", self.backend_id)
+        elif self._ctl is not None:
+            sent = await self._ctl.load(model.name, self.load_timeout)
+        else:
+            sent = await self._control(path, {}, self.load_timeout)
+        if isinstance(sent, httpx.Response):
+            sent = ControlAnswer(0 if sent.status_code == 200 else sent.status_code, _error_text(sent))
+        self._raise_load_failure(model, sent)
 
-    async def _load_by_content(self, path: str, name: str, source: str) -> httpx.Response | None:
+    def _raise_load_failure(self, model: LoadRequest, answer: ControlAnswer) -> None:
+        if answer.status == 0:
+            return
+        text = answer.details
+        if model.source is not None and "failed to poll from model repository" in text:
+            text += " (Triton refused the files sent with the load; its log has the reason)"
+        raise BackendLoadError(f"backend {self.backend_id} failed to load {model.name!r}: {text}", self.backend_id)
+
+    async def _load_by_content(self, path: str, name: str, source: str) -> httpx.Response | ControlAnswer | None:
         """Send the model's files with the load call; None when the copy loaded here is already current (Triton
         would answer the same load with a no-op, but the files would still travel)."""
         if self.sources is None:
@@ -157,6 +178,10 @@ class TritonAdapter:
             if await self._loaded_identity(name) == listing.identity():
                 return None
             async with self.sources.files(source, self.upload_max_bytes, listing=listing) as files:
+                if self._ctl is not None and files.size <= _GRPC_UPLOAD_MAX:
+                    config = config_json(files.config, name, files.uri, files.identity)
+                    contents = {rel: await asyncio.to_thread(_read_exactly, p, size) for rel, p, size in files.files}
+                    return await self._ctl.load(name, self.load_timeout, config, contents)
                 length, body = _load_body(name, files)
                 return await self._request(
                     "POST",
@@ -182,6 +207,9 @@ class TritonAdapter:
 
     async def _loaded_identity(self, name: str) -> str | None:
         """The source identity of the copy of `name` Triton serves now (None: not served, or not from a source)."""
+        if self._ctl is not None:
+            config = await self._ctl.config(name, self.control_timeout)
+            return identity_of(config) if config is not None else None
         resp = await self._request("GET", f"/v2/models/{quote(name, safe='')}/config", self.control_timeout)
         if resp.status_code != 200:
             return None
@@ -195,10 +223,15 @@ class TritonAdapter:
         quoted = quote(name, safe="")
         # A model loaded by content has no entry in the repository index: whether it was being served before the
         # unload is all there is to know about it.
-        served = (await self._request("GET", f"/v2/models/{quoted}/ready", self.control_timeout)).status_code == 200
-        resp = await self._control(f"/v2/repository/models/{quoted}/unload", {}, self.control_timeout)
-        if resp.status_code != 200:
-            text = _error_text(resp)
+        if self._ctl is not None:
+            served = await self._ctl.ready(name, self.control_timeout)
+            answer = await self._ctl.unload(name, self.control_timeout)
+        else:
+            served = (await self._request("GET", f"/v2/models/{quoted}/ready", self.control_timeout)).status_code == 200
+            resp = await self._control(f"/v2/repository/models/{quoted}/unload", {}, self.control_timeout)
+            answer = ControlAnswer(0 if resp.status_code == 200 else resp.status_code, _error_text(resp))
+        if answer.status != 0:
+            text = answer.details
             if not _means_not_loaded(text):
                 raise BackendUnloadError(
                     f"backend {self.backend_id} failed to unload {name!r}: {text}", self.backend_id
@@ -221,6 +254,13 @@ class TritonAdapter:
             await asyncio.sleep(self.poll_interval)
 
     async def _index(self) -> list[dict[str, Any]]:
+        if self._ctl is not None:
+            answer = await self._ctl.index(self.control_timeout)
+            if answer.status != 0:
+                raise BackendError(
+                    f"backend {self.backend_id} repository index failed: {answer.details}", self.backend_id
+                )
+            return [{"name": m.name, "version": m.version, "state": m.state} for m in answer.message.models]
         resp = await self._control("/v2/repository/index", {}, self.control_timeout)
         if resp.status_code != 200:
             raise BackendError(
@@ -236,6 +276,13 @@ class TritonAdapter:
         """Models that hold memory on the backend now: ready, loading or still unloading in the repository index,
         and the models loaded by content, which only Triton's statistics list (while they are served)."""
         held = {e["name"] for e in await self._index() if e.get("state") in _HOLDING_STATES and "name" in e}
+        if self._ctl is not None:
+            answer = await self._ctl.statistics(self.control_timeout)
+            if answer.status != 0:
+                raise BackendError(
+                    f"backend {self.backend_id} model statistics failed: {answer.details}", self.backend_id
+                )
+            return held | {m.name for m in answer.message.model_stats}
         resp = await self._request("GET", "/v2/models/stats", self.control_timeout)
         if resp.status_code in (404, 501):
             return held  # a KServe server without Triton's statistics extension (nor loads by content, then)
@@ -311,6 +358,13 @@ class TritonAdapter:
 
 def _error_text(resp: httpx.Response) -> str:
     return error_text(resp.content) or f"HTTP {resp.status_code} {resp.text[:500]}"
+
+
+def _read_exactly(path: Path, size: int) -> bytes:
+    data = path.read_bytes()
+    if len(data) != size:
+        raise SourceError(f"cache file {path} changed while it was being read ({len(data)} bytes, {size} expected)")
+    return data
 
 
 def _means_not_loaded(text: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -17,13 +18,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.errors import ModelyardError
 from gateway.dataplane import DataPlane
+from gateway.error_shape import install_error_shape
 from gateway.errors import BadRequest, Unauthorized, to_http
 from gateway.metrics import Metrics
+from gateway.readiness import readiness
 from gateway.stats import BackendStats
 from gateway.ui import UI_HTML
+from placement.errors import StoreUnavailable
 from placement.records import check_name
 from placement.registry import Registry
 from placement.routes import RouteRegistry
+from placement.view_answers import ViewAnswers
 
 
 async def _body(request: Request) -> Any:
@@ -56,6 +61,24 @@ def build_admin_app(
     async def _value_error(_request: Request, exc: ValueError) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    health = registry.placer.health
+    answers = ViewAnswers(registry.view)
+    install_error_shape(app, health)
+
+    async def _read(live: Callable[[], Awaitable[Any]], from_view: Callable[[], Any]) -> Any:
+        """A read from Redis; while Redis is unreachable, the same answer from this gateway's view, marked
+        `"source": "view"` and `x-modelyard-source: view`."""
+        try:
+            with health.guard():
+                return await live()
+        except StoreUnavailable:
+            answer = {**from_view(), "source": "view", "stale_since": health.since}
+            return JSONResponse(answer, headers={"x-modelyard-source": "view"})
+
+    def writable(request: Request) -> None:
+        if request.method not in ("GET", "HEAD"):
+            health.check()  # a write needs Redis: refused at once while it is known to be down
+
     def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
@@ -65,7 +88,7 @@ def build_admin_app(
                 "or set with --admin-token / MODELYARD_ADMIN_TOKEN)"
             )
 
-    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token), Depends(writable)])
 
     @admin.put("/backends/{backend_id}")
     async def put_backend(backend_id: str, request: Request) -> Any:
@@ -73,11 +96,14 @@ def build_admin_app(
 
     @admin.get("/backends")
     async def list_backends() -> Any:
-        return {"backends": await registry.list_backends()}
+        async def live() -> Any:
+            return {"backends": await registry.list_backends()}
+
+        return await _read(live, lambda: {"backends": answers.backends()})
 
     @admin.get("/backends/{backend_id}")
     async def get_backend(backend_id: str) -> Any:
-        return await registry.backend_json(backend_id)
+        return await _read(lambda: registry.backend_json(backend_id), lambda: answers.backend(backend_id))
 
     @admin.delete("/backends/{backend_id}")
     async def delete_backend(backend_id: str) -> Any:
@@ -87,15 +113,19 @@ def build_admin_app(
     async def put_model(name: str, request: Request) -> Any:
         return await registry.put_model(name, await _body(request))
 
+    @admin.put("/models")
+    async def put_models(request: Request) -> Any:
+        return await registry.put_models(await _body(request))
+
     @admin.get("/models")
     async def list_models(limit: int = 100, cursor: str | None = None) -> Any:
         if cursor is not None:
             check_name("model", cursor)
-        return await registry.list_models(limit, cursor)
+        return await _read(lambda: registry.list_models(limit, cursor), lambda: answers.models(limit, cursor))
 
     @admin.get("/models/{name}")
     async def get_model(name: str) -> Any:
-        return await registry.model_json(name)
+        return await _read(lambda: registry.model_json(name), lambda: answers.model(name))
 
     @admin.delete("/models/{name}")
     async def delete_model(name: str) -> Any:
@@ -121,11 +151,14 @@ def build_admin_app(
 
     @admin.get("/routes")
     async def list_routes() -> Any:
-        return {"routes": await routes.list_routes()}
+        async def live() -> Any:
+            return {"routes": await routes.list_routes()}
+
+        return await _read(live, lambda: {"routes": answers.routes()})
 
     @admin.get("/routes/{name}")
     async def get_route(name: str) -> Any:
-        return await routes.get_route(name)
+        return await _read(lambda: routes.get_route(name), lambda: answers.route(name))
 
     @admin.delete("/routes/{name}")
     async def delete_route(name: str) -> Any:
@@ -133,7 +166,7 @@ def build_admin_app(
 
     @admin.get("/placement")
     async def placement() -> Any:
-        return await registry.placement()
+        return await _read(registry.placement, answers.placement)
 
     @admin.get("/stats")
     async def placement_stats() -> Any:
@@ -154,13 +187,9 @@ def build_admin_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        try:
-            ok = await registry.store.ping() and dataplane.ready
-        except Exception as exc:
-            return JSONResponse({"error": f"Redis is not reachable: {exc}"}, status_code=503)
-        if not ok:
-            return JSONResponse({"error": "the gateway has not synced with Redis yet"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """Ready = can serve: 200 once the view was synced from Redis, also while Redis is unreachable (the
+        body says degraded and since when); 503 before the first sync and while draining. No Redis call."""
+        return readiness(dataplane, health)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -120,6 +120,12 @@ class Gateway:
             len(self.placer.view.models),
         )
 
+    def drain(self) -> None:
+        """SIGTERM: readiness answers 503 from now on (requests in flight finish)."""
+        if not self.dataplane.draining:
+            self.dataplane.draining = True
+            log.info("draining: /readyz answers 503 while requests in flight finish")
+
     def start_in_background(self) -> None:
         self._starting = asyncio.create_task(self.start())
 
@@ -170,6 +176,7 @@ class Gateway:
             ("modelyard_copies_removed", scaler.downs, "Copies this gateway removed from models that cooled down."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        yield from self._redis_metrics()
         calls = CounterMetricFamily("modelyard_redis_calls", "Redis calls by kind.", labels=["kind"])
         for kind, n in sorted(self.store.calls.items()):
             calls.add_metric([kind], n)
@@ -215,3 +222,30 @@ class Gateway:
         yield GaugeMetricFamily(
             "modelyard_inflight", "Requests in flight to backends.", value=self.placer.usage.total_inflight()
         )
+
+    def _redis_metrics(self) -> Iterator[Any]:
+        """Whether this gateway reaches Redis, how stale its view may be, and its lookups of unknown names."""
+        health = self.placer.health
+        yield GaugeMetricFamily(
+            "modelyard_redis_up",
+            "1 while this gateway reaches Redis, else 0 (it serves from its view).",
+            value=health.up,
+        )
+        age = self.clock.now() - health.last_sync if health.last_sync is not None else float("nan")
+        yield GaugeMetricFamily(
+            "modelyard_view_sync_age_seconds",
+            "Seconds since this gateway's view was last known equal to Redis (a snapshot or an answered heartbeat).",
+            value=max(0.0, age) if age == age else age,
+        )
+        yield CounterMetricFamily(
+            "modelyard_redis_outages", "Times this gateway found Redis unreachable.", value=health.outages
+        )
+        lookups = CounterMetricFamily(
+            "modelyard_name_lookups",
+            "Names not in this gateway's view, by result: found (read from Redis), unknown (not registered), "
+            "cached (unknown, remembered), joined (shared a lookup under way), refused (over the lookup budget).",
+            labels=["result"],
+        )
+        for result, n in self.placer.lookup.counts.as_dict().items():
+            lookups.add_metric([result], n)
+        yield lookups

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from adapters.sources import SourceSettings, default_cache_dir
 from gateway.metrics import LabelPolicy
 from gateway.settings import Settings
+from gateway.workers import parse_workers
+from placement.eviction import EVICTIONS
 from placement.settings import PlacementSettings
 
 
@@ -19,8 +21,16 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+# The admin API's client (gateway.ctl): its own parsers, so that `serve`'s stays as it is.
+CLIENT_COMMANDS = ("apply", "diff", "get", "rollout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelyard", description="A gateway that overcommits models on Triton.")
+    parser = argparse.ArgumentParser(
+        prog="modelyard",
+        description="A gateway that overcommits models on Triton. Also the admin API's client: "
+        "modelyard apply|diff|get|rollout --help.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
@@ -32,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc-port", "MODELYARD_GRPC_PORT", "8081", int, "gRPC data plane")
     add("--redis-url", "MODELYARD_REDIS_URL", None, help="shared state; absent: an embedded Redis is started")
     add("--admin-token", "MODELYARD_ADMIN_TOKEN", None, help="bearer token for /admin; absent: one is generated")
+    add(
+        "--data-dir",
+        "MODELYARD_DATA_DIR",
+        ".modelyard",
+        help="where the embedded Redis keeps its append-only file (no --redis-url only); delete it to start afresh",
+    )
+    add("--config", "MODELYARD_CONFIG", None, help="a fleet file (YAML or JSON) applied once the gateway is ready")
     add("--redis-prefix", "MODELYARD_REDIS_PREFIX", "modelyard", help="prefix of every Redis key")
     add("--load-timeout", "MODELYARD_LOAD_TIMEOUT", "120", float, "seconds a request waits for a cold load")
     add("--backend-timeout", "MODELYARD_BACKEND_TIMEOUT", "60", float, "seconds for one forwarded request")
@@ -95,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="model and route names with a label of their own in /metrics: top:N (busiest N), a comma-separated "
         "list of names, or both (top:20,fraud-v3); the rest are counted as model=_other",
     )
+    add(
+        "--workers",
+        "MODELYARD_WORKERS",
+        "1",
+        help="gateway processes on the same ports, sharing one Redis and behaving as one gateway; auto: one per core",
+    )
+    add(
+        "--eviction",
+        "MODELYARD_EVICTION",
+        "nextuse",
+        help="eviction policy: nextuse (evict the copy predicted to be asked for last, weighed by size and load "
+        "time; measured best in docs/benchmarks.md), gdsf (cost- and size-aware Greedy-Dual with frequency) or "
+        "lru (plain least recently used)",
+    )
     return parser
 
 
@@ -116,6 +147,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     if args.log_format not in ("json", "text", "auto"):
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
+    if args.eviction not in EVICTIONS:
+        raise SystemExit(f"modelyard: --eviction must be one of {', '.join(EVICTIONS)}, got {args.eviction!r}")
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError as exc:
+        raise SystemExit(f"modelyard: {exc}") from None
     try:
         LabelPolicy.parse(args.metrics_models)
     except ValueError as exc:
@@ -132,12 +169,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level.lower(),
         log_format=args.log_format,
         metrics_models=args.metrics_models,
+        data_dir=args.data_dir,
+        config=args.config or None,
+        workers=workers,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,
             lease_ttl=args.lease_ttl,
             usage_flush_interval=args.usage_flush_interval,
             scale_up_rate=args.copy_scale_up_rate,
+            eviction_policy=args.eviction,
         ),
         sources=SourceSettings(
             cache_dir=args.model_cache_dir,
@@ -150,11 +191,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from gateway.ctl.main import main as ctl_main
+
+        return ctl_main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from gateway.server import run
 
-        return run(settings_from_args(args))
+        settings = settings_from_args(args)
+        if settings.config:
+            from gateway.ctl.fleet import check_file
+
+            check_file(settings.config)  # a bad fleet file stops the start, before anything runs
+        return run(settings)
     return 2
 
 

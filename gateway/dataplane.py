@@ -114,7 +114,8 @@ class DataPlane:
         self.placer = placer
         self.settings = settings
         self.metrics = metrics
-        self.ready = False  # set once placement has its first view of Redis
+        self.synced = False  # set once placement has its first view of Redis
+        self.draining = False  # set on SIGTERM: readiness goes false while requests in flight finish
         # Metrics, spans and log lines of each request (gateway.observe); `tracing.span(...)` for code that adds
         # spans of its own.
         self.obs = obs or Observer(metrics)
@@ -139,6 +140,22 @@ class DataPlane:
     async def aclose(self) -> None:
         await self.shadows.aclose()
 
+    @property
+    def ready(self) -> bool:
+        """Ready to serve: the view was synced from Redis once (it stays so while Redis is unreachable: warm
+        models are served from the view), and the gateway is not draining (SIGTERM)."""
+        return self.synced and not self.draining
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.synced = value
+
+    async def resolve_known(self, name: str, header: HeaderLookup = no_headers) -> str:
+        """`resolve`, after looking a name this gateway has not heard of up in Redis (cold path only)."""
+        if not self.placer.lookup.known(name):
+            await self.placer.lookup.find(name)
+        return self.resolve(name, header)
+
     def resolve(self, name: str, header: HeaderLookup = no_headers) -> str:
         """The model that answers a call to `name` (a model, or a route resolved for these headers)."""
         route = self.placer.view.routes.get(name)
@@ -152,6 +169,8 @@ class DataPlane:
 
     async def call(self, call: Call) -> Answer:
         route = self.placer.view.routes.get(call.name)
+        if route is None and self.placer.model(call.name) is None and await self.placer.lookup.find(call.name):
+            route = self.placer.view.routes.get(call.name)  # created through another gateway, event not here yet
         model = self.resolve(call.name, call.header)
         self.obs.resolved(call.name, model)
         self._check_protocol(call, model)

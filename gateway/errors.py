@@ -17,12 +17,17 @@ from placement.errors import (
     LoadFailed,
     NoCapacity,
     NotFound,
+    StoreUnavailable,
     Unplaceable,
 )
 
 
 class BadRequest(ModelyardError):
     """The client's request is malformed (path, method, JSON)."""
+
+
+class MethodNotAllowed(BadRequest):
+    """A known path called with a method it does not take (the message names the one to use)."""
 
 
 class BodyTooLarge(ModelyardError):
@@ -68,6 +73,8 @@ def to_http(exc: BaseException) -> HttpError:
     match exc:
         case Unauthorized():
             return HttpError(401, msg)
+        case MethodNotAllowed():
+            return HttpError(405, msg)
         case BadRequest() | InvalidSpec():
             return HttpError(400, msg)
         case NotFound():
@@ -80,7 +87,7 @@ def to_http(exc: BaseException) -> HttpError:
             return HttpError(413, msg)
         case Unplaceable() | BadReference():
             return HttpError(422, msg)
-        case NoCapacity():
+        case NoCapacity() | StoreUnavailable():
             return HttpError(503, msg, exc.retry_after)
         case LoadFailed():
             return HttpError(503, msg, exc.retry_after)
@@ -143,7 +150,7 @@ def to_grpc(exc: BaseException) -> GrpcError:
             return GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
         case Unplaceable() | BadReference():
             return GrpcError(grpc.StatusCode.FAILED_PRECONDITION, msg)
-        case NoCapacity() | LoadFailed():
+        case NoCapacity() | LoadFailed() | StoreUnavailable():
             return _unavailable(msg, exc.retry_after)
         case LeaseLost() | NotReady():
             return _unavailable(msg, 1.0)

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from adapters.errors import ModelyardError
 from gateway.dataplane import Answer, Call, DataPlane
-from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, to_http
+from gateway.errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, NotReady, to_http
 from gateway.metrics import Metrics
 from gateway.routing import HeaderLookup
 from placement.errors import UnknownModel
@@ -40,6 +40,7 @@ FORWARD_HEADERS = frozenset(
 )
 KSERVE_OPS = {"infer": "POST", "ready": "GET", "": "GET", "config": "GET", "stats": "GET"}
 TFSERVING_OPS = {"predict": "POST", "classify": "POST", "regress": "POST", "": "GET", "metadata": "GET"}
+FIXED_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
@@ -64,6 +65,8 @@ class HttpDataPlane:
         try:
             method = scope["method"]
             path = scope["path"]
+            if path in FIXED_PATHS and method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
             if path in ("/v2", "/v2/"):
                 op, status = "server_metadata", 200
                 await _json(send, 200, SERVER_METADATA)
@@ -108,7 +111,7 @@ class HttpDataPlane:
             self.obs.end(req, op, str(status), error, span_name(scope) if req.span is not None else "")
 
     async def _ready(self, send: Send, name: str, version: str | None, header: HeaderLookup) -> int:
-        model = self.dp.resolve(name, header)
+        model = await self.dp.resolve_known(name, header)
         backend = self.dp.placer.warm_backend(model)
         if backend is not None:
             answer = await self.dp.call(Call("kserve", "GET", model, version, "ready"))

@@ -4,6 +4,9 @@ in one event loop, clean shutdown.
 The gRPC port is bound first: when it is taken the process exits at once with a message saying so. On
 SIGTERM or SIGINT both listening sockets close, requests in flight on either finish (up to
 `shutdown_grace`), last-used times are flushed, and what the process started (the embedded Redis) is stopped.
+The embedded Redis keeps its append-only file in `--data-dir`, locked (`DataDirLock`) against a second
+gateway; `--config` is applied once the gateway is ready (`gateway.ctl.serve_config`).
+With `--workers N` (N > 1) this process supervises N such gateways on the same ports instead (gateway.workers).
 """
 
 from __future__ import annotations
@@ -14,24 +17,34 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from pathlib import Path
+from types import FrameType
 
 import grpc.aio
-import redis.asyncio as aioredis
 import uvicorn
 
 from gateway.app import Gateway
-from gateway.embedded_redis import RedisServer
+from gateway.ctl.serve_config import apply_config_when_ready
+from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer, start_persistent
 from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
+from gateway.workers import WorkerHeader, reuseport_grpc_server, reuseport_socket, supervise
+from placement.redis_health import client as redis_client
 
 log = logging.getLogger("modelyard")
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Server(uvicorn.Server):
+    on_exit: Callable[[], None] = staticmethod(lambda: None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()  # readiness goes false first, so probes see the drain
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # uvicorn re-raises the signal after serving, which would end the process before modelyard stops
@@ -48,6 +61,8 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings) -> int:
+    if settings.workers > 1:
+        return supervise(settings)
     configure_logging(settings.log_level, settings.log_format)
     try:
         tracing = Tracing(provider_from_env(os.environ))
@@ -56,24 +71,32 @@ def run(settings: Settings) -> int:
     if tracing.enabled:
         log.info("exporting traces with OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT is set)")
     embedded: RedisServer | None = None
+    lock: DataDirLock | None = None
     redis_url = settings.redis_url
     if not redis_url:
-        embedded = RedisServer()
-        embedded.start()
+        data_dir = Path(settings.data_dir).resolve()
+        try:
+            embedded, lock = start_persistent(data_dir)
+        except (DataDirLocked, OSError) as exc:  # one line on stderr, exit status 1
+            raise SystemExit(f"modelyard: {exc}") from None
         redis_url = embedded.url
         log.warning(
-            "no --redis-url given: started an embedded Redis at %s (pid %s) for single-gateway use; "
-            "its state goes when this gateway stops. Give several gateways one --redis-url to share state.",
+            "no --redis-url given: started an embedded Redis at %s (pid %s) for single-gateway use; it keeps "
+            "the registry in %s (delete that directory to start afresh). Give several gateways one --redis-url "
+            "to share state.",
             redis_url,
             embedded.pid,
+            data_dir,
         )
     try:
         _run_loop(_serve(settings, redis_url, tracing))
     finally:
         tracing.shutdown()
         if embedded is not None:
-            embedded.stop()
+            embedded.stop()  # SIGTERM: Redis writes the rest of its append-only file and exits
             log.info("embedded Redis stopped")
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -88,16 +111,20 @@ def _run_loop(main: object) -> None:
 
 
 async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
-    client = aioredis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
+    client = redis_client(redis_url)  # every command bounded in time (placement.redis_health)
     gateway = Gateway(settings, client, tracing=tracing)
+    worker = settings.worker_index
     try:
-        grpc_server = build_server(gateway.grpc, settings)
+        if worker is None:
+            grpc_server = build_server(gateway.grpc, settings)
+        else:  # one of --workers: the port is shared with the other workers
+            grpc_server = reuseport_grpc_server(gateway.grpc.handlers(), settings)
     except GrpcPortError as exc:
         log.error("%s", exc)
         await client.aclose()
         raise SystemExit(f"modelyard: {exc}") from None
     config = uvicorn.Config(
-        gateway,
+        gateway if worker is None else WorkerHeader(gateway, worker),
         host=settings.host,
         port=settings.http_port,
         lifespan="off",
@@ -110,17 +137,27 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         backlog=2048,
     )
     server = _Server(config)
+    server.on_exit = gateway.drain
     await grpc_server.start()
     grpc_stopping = asyncio.create_task(_stop_grpc_on_exit(server, grpc_server, settings.shutdown_grace))
     gateway.start_in_background()
+    applying = (  # one of --workers applies the fleet file for all of them
+        asyncio.create_task(apply_config_when_ready(gateway, settings, lambda: server.started))
+        if settings.config and not worker
+        else None
+    )
     log.info("modelyard gateway on http://%s:%d (data plane, /admin, /metrics)", settings.host, settings.http_port)
     log.info("modelyard gRPC data plane on %s:%d (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
     try:
-        await server.serve()
+        await server.serve(sockets=None if worker is None else [reuseport_socket(settings.host, settings.http_port)])
     finally:
         if not server.should_exit:  # uvicorn ended on its own (it could not start): stop gRPC now
             server.should_exit = True
         await grpc_stopping
+        if applying is not None:
+            applying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applying
         await gateway.stop()
         log.info("gateway stopped")
 

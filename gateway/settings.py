@@ -30,5 +30,12 @@ class Settings:
     log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal); see gateway.logs
     # Which model and route names get a label of their own in /metrics (gateway.metrics.LabelPolicy.parse).
     metrics_models: str = "top:50"
+    # The embedded Redis's append-only file and the lock that keeps a second gateway out (no --redis-url only).
+    data_dir: str = ".modelyard"
+    config: str | None = None  # a fleet file applied once the gateway is ready (gateway.ctl.fleet)
     placement: PlacementSettings = field(default_factory=PlacementSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)  # model sources and their disk cache
+    # --workers (gateway.workers): processes on the same ports; worker_index is set in each of them, None in a
+    # single-process gateway.
+    workers: int = 1
+    worker_index: int | None = None

@@ -133,15 +133,21 @@ function render(placement, stats) {
       card.append(el("div", {class: "empty"}, "no models"));
     } else {
       const table = el("table", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "model"), el("th", {}, "state"),
-                                          el("th", {style: "text-align:right"}, "idle")));
+                                          el("th", {style: "text-align:right"}, "idle"),
+                                          el("th", {style: "text-align:right"}, "score")));
       // Most recently used first; the last ready row is the next to go when room is needed (unless pinned).
+      // With a policy score (the eviction policy's; higher is kept longer), the lowest ready one goes first.
       let lru = -1;
       b.models.forEach((m, i) => { if (m.state === "ready") lru = i; });
+      b.models.forEach((m, i) => {
+        if (m.state === "ready" && m.score != null && m.score < b.models[lru].score) lru = i;
+      });
       b.models.forEach((m, i) => {
         table.append(el("tr", {class: i === lru && full ? "lru" : null, "data-model": m.name, "data-state": m.state},
           el("td", {class: "n"}, i + 1), el("td", {}, m.name),
           el("td", {class: "s-" + m.state}, m.state),
-          el("td", {class: "idle"}, m.last_used ? age(now - m.last_used) : "never used")));
+          el("td", {class: "idle"}, m.last_used ? age(now - m.last_used) : "never used"),
+          el("td", {class: "idle", "data-score": ""}, m.score == null ? "" : m.score.toPrecision(4))));
       });
       card.append(table);
     }

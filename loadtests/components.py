@@ -35,20 +35,22 @@ import httptools
 
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
-from loadtests.overhead import (
-    MODEL,
-    MODEL_NAMES,
+from loadtests.harness import (
     Target,
-    _pool,
-    _run_loop,
-    check_answer,
     code_version,
     http_request,
     loadavg,
     machine_info,
     percentile,
-    request_body,
+    pool_for,
+    run_loop,
     run_phase,
+)
+from loadtests.overhead import (
+    MODEL,
+    MODEL_NAMES,
+    check_answer,
+    request_body,
     stop_process,
     warm,
 )
@@ -211,7 +213,7 @@ def _uvicorn_worker(port: int) -> None:
         log_level="warning",
         backlog=2048,
     )
-    _run_loop(uvicorn.Server(config).serve())
+    run_loop(uvicorn.Server(config).serve())
 
 
 class _RawHttp(asyncio.Protocol):
@@ -249,15 +251,15 @@ def _raw_worker(port: int, split: bool) -> None:
         async with server:
             await server.serve_forever()
 
-    _run_loop(serve())
+    run_loop(serve())
 
 
 def worker(argv: Sequence[str]) -> int:
     kind, *rest = argv
     if kind == "forward":
-        result = _run_loop(_forward_worker(rest[0], rest[1], int(rest[2])))
+        result = run_loop(_forward_worker(rest[0], rest[1], int(rest[2])))
     elif kind == "logic":
-        result = _run_loop(_logic_worker(rest[0], int(rest[1])))
+        result = run_loop(_logic_worker(rest[0], int(rest[1])))
     elif kind == "uvicorn":
         _uvicorn_worker(int(rest[0]))
         return 0
@@ -390,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in ("uvicorn", "raw", "raw-split"):
             proc, url = _start_server(kind)
             procs.append(proc)
-            targets.append(Target(kind, url, _pool(url), http_request(url, PATH, body), [proc.pid]))
-        servers = _run_loop(_measure_servers(targets, args.requests, args.rounds, args.rate))
+            targets.append(Target(kind, url, pool_for(url), http_request(url, PATH, body), [proc.pid]))
+        servers = run_loop(_measure_servers(targets, args.requests, args.rounds, args.rate))
     finally:
         for proc in procs:
             stop_process(proc)

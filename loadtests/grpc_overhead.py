@@ -32,6 +32,8 @@ import json
 import math
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,9 +49,12 @@ import numpy as np
 import tritonclient.grpc.service_pb2 as pb
 
 from deploy.localstack.stack import LocalStack
-from loadtests.overhead import (
+from deploy.localstack.triton import free_port
+from loadtests.harness import (
     PERCENTILES,
-    TARGET_ADDED_MS,
+    PhaseTimes,
+    add_open_loop_args,
+    check_open_loop_args,
     code_version,
     cpu_split,
     descendants,
@@ -59,8 +64,12 @@ from loadtests.overhead import (
     percentile,
     pkey,
     processes_user_sys_s,
-    summarize,
+    raise_on_errors,
+    summarize_times,
     wait_for_quiet,
+)
+from loadtests.overhead import (
+    TARGET_ADDED_MS,
 )
 
 MODEL_NAMES = ("m000", "m001")
@@ -82,30 +91,14 @@ class Target:
 
 
 @dataclass
-class Phase:
-    target: str
-    rate: float
-    scheduled: list[float]
-    sent: list[float]
-    done: list[float]
+class Phase(PhaseTimes):
+    """One phase of gRPC calls: the times, and each call's status code name and answer."""
+
     codes: list[str]
     answers: list[bytes]
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     other_cpu_pct: float = 0.0
-
-    @property
-    def latency_ms(self) -> list[float]:
-        return [(d - s) * 1e3 for d, s in zip(self.done, self.scheduled, strict=True)]
-
-    @property
-    def send_lag_ms(self) -> list[float]:
-        return [(a - s) * 1e3 for a, s in zip(self.sent, self.scheduled, strict=True)]
-
-    @property
-    def achieved_rate(self) -> float:
-        span = max(self.done) - min(self.sent)
-        return len(self.done) / span if span > 0 else math.inf
 
 
 def request_message(values: int) -> tuple[bytes, list[float]]:
@@ -192,32 +185,20 @@ def run_phase(target: Target, body: bytes, n: int, rate: float, ours: Sequence[i
 
 
 def summarize_phases(phases: Sequence[Phase]) -> dict[str, Any]:
-    lat = [x for ph in phases for x in ph.latency_ms]
-    n = len(lat)
+    n = sum(len(ph.done) for ph in phases)
     return {
-        "requests": n,
-        "latency_ms": summarize(lat),
-        "send_lag_ms": summarize([x for ph in phases for x in ph.send_lag_ms]),
-        "achieved_rate": round(
-            sum(len(ph.done) for ph in phases) / sum(len(ph.done) / ph.achieved_rate for ph in phases), 2
-        ),
+        **summarize_times(phases),
         "server_cpu_us_per_request": round(sum(ph.server_cpu_s for ph in phases) / n * 1e6, 1),
         "client_cpu_us_per_request": round(sum(ph.client_cpu_s for ph in phases) / n * 1e6, 1),
         "other_cpu_pct_max": round(max(ph.other_cpu_pct for ph in phases), 1),
     }
 
 
-def _raise_on_errors(errors: list[str]) -> None:
-    if errors:
-        shown = "\n  ".join(errors[:10])
-        raise SystemExit(f"{len(errors)} wrong answers (first ones):\n  {shown}")
-
-
 def measure(targets: list[Target], body: bytes, expected: list[float], args: argparse.Namespace) -> list[Phase]:
     ours = sorted({os.getpid(), *(pid for t in targets for pid in t.pids)})
     for t in targets:
         if args.warmup:
-            _raise_on_errors(check_phase(run_phase(t, body, args.warmup, args.rate, ours), expected))
+            raise_on_errors(check_phase(run_phase(t, body, args.warmup, args.rate, ours), expected))
     phases: list[Phase] = []
     for r in range(args.rounds):
         shift = r % len(targets)
@@ -226,9 +207,9 @@ def measure(targets: list[Target], body: bytes, expected: list[float], args: arg
             if args.quiet > 0:
                 asyncio.run(wait_for_quiet(ours, args.quiet, args.quiet_wait))
             if args.phase_warmup:
-                _raise_on_errors(check_phase(run_phase(t, body, args.phase_warmup, args.rate, ours), expected))
+                raise_on_errors(check_phase(run_phase(t, body, args.phase_warmup, args.rate, ours), expected))
             ph = run_phase(t, body, args.requests, args.rate, ours)
-            _raise_on_errors(check_phase(ph, expected))
+            raise_on_errors(check_phase(ph, expected))
             phases.append(ph)
             s = sorted(ph.latency_ms)
             print(
@@ -238,6 +219,18 @@ def measure(targets: list[Target], body: bytes, expected: list[float], args: arg
                 file=sys.stderr,
             )
     return phases
+
+
+def start_prototype(mode: str, upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """loadtests.prototypes.grpc_forward in `mode`, forwarding to `upstream`; waits until it takes calls."""
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "loadtests.prototypes.grpc_forward", "--mode", mode]
+    log = open(workdir / f"proto-{mode}.log", "ab")
+    proc = subprocess.Popen([*cmd, "--listen", address, "--upstream", upstream], stdout=log, stderr=log)
+    log.close()
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    return proc, address
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -252,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = loadavg()
     code = code_version()
     targets: list[Target] = []
+    prototypes: list[subprocess.Popen[bytes]] = []
     try:
         with LocalStack(workdir, MODEL_NAMES, tritons=1) as stack:
             gw = stack.add_gateway()
@@ -264,7 +258,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway = Target("gateway", gw.grpc_url, grpc.insecure_channel(gw.grpc_url))
             gateway.pids = [gw.proc.pid] if gw.proc else []
             targets = [direct, gateway]
-            for t in (gateway, direct):  # through the gateway first: that call loads the model
+            for mode in args.prototype:
+                proc, address = start_prototype(mode, triton.grpc_url, workdir)
+                prototypes.append(proc)
+                targets.append(Target(f"proto-{mode}", address, grpc.insecure_channel(address), [proc.pid]))
+            for t in (gateway, direct, *targets[2:]):  # through the gateway first: that call loads the model
                 answer = t.method()(body, timeout=180)
                 problem = check_answer("OK", answer, expected)
                 if problem is not None:
@@ -274,12 +272,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for t in targets:
             t.channel.close()
+        for proc in prototypes:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
         if tmp is not None:
             tmp.cleanup()
 
     by_target = {t.name: summarize_phases([ph for ph in phases if ph.target == t.name]) for t in targets}
     direct_lat = by_target["direct"]["latency_ms"]
-    added = {k: round(v - direct_lat[k], 4) for k, v in by_target["gateway"]["latency_ms"].items()}
+    added_by = {
+        name: {k: round(v - direct_lat[k], 4) for k, v in t["latency_ms"].items()}
+        for name, t in by_target.items()
+        if name != "direct"
+    }
+    added = added_by["gateway"]
     return {
         "benchmark": "gateway overhead over gRPC (loadtests/grpc_overhead.py)",
         "date": date,
@@ -302,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "targets": by_target,
         "added_ms": added,
+        "added_ms_by_target": added_by,
         "verdict": {
             "added_p50_ms": added["p50"],
             "added_p99_ms": added["p99"],
@@ -324,7 +331,8 @@ def report(result: dict[str, Any]) -> str:
             else ""
         ),
         f"  setup: 1 Triton, model {s['model']}, {s['values']} FP32 values ({s['message_bytes']}-byte message)",
-        f"  {s['rounds']} rounds x 2 phases x {s['requests']} calls at {s['rate']:g} calls/s, open loop",
+        f"  {s['rounds']} rounds x {len(result['targets'])} phases x {s['requests']} calls at {s['rate']:g} calls/s, "
+        "open loop",
         f"  client: {s['client']}",
         "",
         "  latency from scheduled send to answer, ms"
@@ -338,10 +346,10 @@ def report(result: dict[str, Any]) -> str:
             + "".join(f"{lat[pkey(p)]:>9.3f}" for p in PERCENTILES)
             + f"{lat['mean']:>9.3f}{lat['max']:>9.2f}"
         )
-    a = result["added_ms"]
-    lines.append(
-        f"  {'added by the gateway':<40}" + "".join(f"{a[pkey(p)]:>9.3f}" for p in PERCENTILES) + f"{a['mean']:>9.3f}"
-    )
+    for name, a in result["added_ms_by_target"].items():
+        lines.append(
+            f"  {'added by ' + name:<40}" + "".join(f"{a[pkey(p)]:>9.3f}" for p in PERCENTILES) + f"{a['mean']:>9.3f}"
+        )
     lines.append("")
     for name, t in result["targets"].items():
         lines.append(
@@ -364,25 +372,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Latency the gateway adds over calling Triton directly over gRPC (warm model, open loop).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--rate", type=float, default=200.0, help="calls per second in every phase")
-    p.add_argument("--requests", type=int, default=2000, help="measured calls per phase")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; each has one phase per target")
-    p.add_argument("--warmup", type=int, default=500, help="unmeasured calls per target before round 1")
-    p.add_argument("--phase-warmup", type=int, default=50, help="unmeasured calls before every phase")
-    p.add_argument("--values", type=int, default=16, help="FP32 values in the request")
+    add_open_loop_args(p, "calls")
     p.add_argument(
-        "--quiet",
-        type=float,
-        default=10.0,
-        metavar="PCT",
-        help="before each phase, wait for a 1 s window where other processes use under PCT%% of the machine (0: off)",
+        "--prototype",
+        action="append",
+        default=[],
+        choices=("sync", "aio"),
+        help="also measure loadtests.prototypes.grpc_forward in this mode in front of Triton (repeatable)",
     )
-    p.add_argument("--quiet-wait", type=float, default=120.0, metavar="S", help="longest wait for --quiet, seconds")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
     args = p.parse_args(argv)
-    if args.rate <= 0 or args.requests < 1 or args.rounds < 1 or args.values < 1:
-        p.error("--rate, --requests, --rounds and --values must be positive")
+    check_open_loop_args(p, args)
     return args
 
 

@@ -38,7 +38,7 @@ import httpx
 
 from deploy.localstack.models import Stall
 from deploy.localstack.stack import GatewayProcess, LocalStack
-from loadtests.overhead import (
+from loadtests.harness import (
     PERCENTILES,
     Phase,
     Pool,

@@ -32,11 +32,8 @@ import argparse
 import asyncio
 import contextlib
 import gzip
-import importlib.metadata
 import json
-import math
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -44,357 +41,43 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import httptools
 import httpx
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from deploy.localstack.triton import free_port
+from loadtests.harness import (
+    PERCENTILES,
+    Phase,
+    Target,
+    add_open_loop_args,
+    check_open_loop_args,
+    code_version,
+    descendants,
+    http_request,
+    loadavg,
+    machine_info,
+    percentile,
+    pkey,
+    pool_for,
+    raise_on_errors,
+    run_loop,
+    run_phase,
+    summarize_phases,
+    wait_for_quiet,
+)
 
 MODEL_NAMES = ("m000", "m001")
 MODEL = "m001"  # model i adds i to its input: 1.0 here, so an echo or a wrong model is caught
 OFFSET = 1.0
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 RELAY = "relay"  # the --floor target's name
 TARGET_ADDED_MS = {"p50": 0.5, "p99": 2.0}  # the issue's target on the 2-core machines
-CLOCK = time.perf_counter
-TICKS = os.sysconf("SC_CLK_TCK")
-_T = TypeVar("_T")
-
-
-# ---------------------------------------------------------------------------------------------- client
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection carrying one request at a time; answers parsed by httptools."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.broken = False
-        self._body: list[bytes] = []
-        self._encoding = b""
-        self._on_done: Callable[[_Conn, int, bytes, bytes, float], None] | None = None
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass asyncio's
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(f"unparsable answer: {exc}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.broken = True
-        self._fail(f"connection lost: {exc or 'closed by the server'}")
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-encoding":
-            self._encoding = value
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        done = CLOCK()
-        status = self.parser.get_status_code()
-        if not self.parser.should_keep_alive():
-            self.broken = True
-        body = b"".join(self._body)
-        encoding = self._encoding
-        self._body = []
-        self._encoding = b""
-        callback, self._on_done = self._on_done, None
-        if callback is not None:
-            callback(self, status, body, encoding, done)
-        if self.broken and self.transport is not None:
-            self.transport.close()
-
-    def request(self, data: bytes, on_done: Callable[[_Conn, int, bytes, bytes, float], None]) -> None:
-        assert self.transport is not None and self._on_done is None
-        self._on_done = on_done
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.broken = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def _fail(self, why: str) -> None:
-        self.broken = True
-        callback, self._on_done = self._on_done, None
-        if callback is not None:
-            callback(self, -1, why.encode(), b"", CLOCK())
-        if self.transport is not None:
-            self.transport.close()
-
-
-class Pool:
-    """Keep-alive connections to one target; the most recently used idle one is taken first."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.idle: list[_Conn] = []
-        self.opened = 0
-
-    async def open(self) -> _Conn:
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Conn, self.host, self.port)
-        self.opened += 1
-        return conn
-
-    def take(self) -> _Conn | None:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.broken:
-                return conn
-        return None
-
-    def give_back(self, conn: _Conn) -> None:
-        if not conn.broken:
-            self.idle.append(conn)
-
-    async def top_up(self, n: int) -> None:
-        """At least `n` open idle connections (servers close idle ones: uvicorn after 5 s)."""
-        self.idle = [c for c in self.idle if not c.broken]
-        for conn in await asyncio.gather(*(self.open() for _ in range(n - len(self.idle)))):
-            self.idle.append(conn)
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.close()
-        self.idle = []
-
-
-@dataclass
-class Target:
-    name: str
-    url: str  # http://host:port
-    pool: Pool
-    request: bytes  # the whole HTTP request, the same body for every target
-    pids: list[int] = field(default_factory=list)  # the server's processes, for CPU accounting
-
-
-def http_request(url: str, path: str, body: bytes, accept_encoding: str | None = None) -> bytes:
-    """The whole request; no Accept-Encoding unless asked (like `tritonclient.http` without compression)."""
-    hostport = url.split("://", 1)[1].rstrip("/")
-    head = f"POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n"
-    if accept_encoding is not None:
-        head += f"Accept-Encoding: {accept_encoding}\r\n"
-    head += f"Content-Length: {len(body)}\r\n\r\n"
-    return head.encode("latin-1") + body
-
-
-@dataclass
-class Phase:
-    """One phase: `n` requests to one target at `rate`; times in seconds on CLOCK."""
-
-    target: str
-    rate: float
-    scheduled: list[float]
-    sent: list[float]
-    done: list[float]
-    status: list[int]
-    bodies: list[bytes]
-    encodings: list[bytes]
-    new_connections: int = 0
-    server_cpu_s: float = 0.0
-    server_sys_s: float = 0.0  # the part of server_cpu_s spent in the kernel
-    client_cpu_s: float = 0.0
-    other_cpu_pct: float = 0.0  # CPU used by processes outside the benchmark, % of the whole machine
-
-    @property
-    def latency_ms(self) -> list[float]:
-        return [(d - s) * 1e3 for d, s in zip(self.done, self.scheduled, strict=True)]
-
-    @property
-    def service_ms(self) -> list[float]:
-        return [(d - s) * 1e3 for d, s in zip(self.done, self.sent, strict=True)]
-
-    @property
-    def send_lag_ms(self) -> list[float]:
-        return [(a - s) * 1e3 for a, s in zip(self.sent, self.scheduled, strict=True)]
-
-    @property
-    def achieved_rate(self) -> float:
-        """Requests completed per second, from the first actual send to the last answer."""
-        span = max(self.done) - min(self.sent)
-        return len(self.done) / span if span > 0 else math.inf
-
-
-async def run_phase(target: Target, n: int, rate: float, ours: Sequence[int] = ()) -> Phase:
-    """Open loop: request i is sent at start + i/rate by a timer thread, wherever the earlier ones are."""
-    loop = asyncio.get_running_loop()
-    start = CLOCK() + 0.02
-    scheduled = [start + i / rate for i in range(n)]
-    phase = Phase(target.name, rate, scheduled, [math.nan] * n, [math.nan] * n, [0] * n, [b""] * n, [b""] * n)
-    remaining = n
-    finished: asyncio.Future[None] = loop.create_future()
-    opened_before = target.pool.opened
-    stop = threading.Event()
-
-    def complete(i: int, status: int, body: bytes, encoding: bytes, done: float) -> None:
-        nonlocal remaining
-        phase.status[i] = status
-        phase.bodies[i] = body
-        phase.encodings[i] = encoding
-        phase.done[i] = done
-        remaining -= 1
-        if remaining == 0 and not finished.done():
-            finished.set_result(None)
-
-    def send(conn: _Conn, i: int) -> None:
-        def on_done(c: _Conn, status: int, body: bytes, encoding: bytes, done: float) -> None:
-            target.pool.give_back(c)
-            complete(i, status, body, encoding, done)
-
-        phase.sent[i] = CLOCK()
-        conn.request(target.request, on_done)
-
-    async def open_and_send(i: int) -> None:
-        try:
-            conn = await target.pool.open()
-        except OSError as exc:
-            phase.sent[i] = CLOCK()
-            complete(i, -1, f"connect failed: {exc}".encode(), b"", CLOCK())
-            return
-        send(conn, i)
-
-    tasks: set[asyncio.Task[None]] = set()
-
-    def fire(i: int) -> None:
-        conn = target.pool.take()
-        if conn is not None:
-            send(conn, i)
-        else:
-            task = loop.create_task(open_and_send(i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    def ticker() -> None:
-        for i, at in enumerate(scheduled):
-            if stop.is_set():
-                return
-            delay = at - CLOCK()
-            if delay > 0:
-                time.sleep(delay)
-            loop.call_soon_threadsafe(fire, i)
-
-    cpu_before = processes_user_sys_s(target.pids)
-    client_cpu_before = time.process_time()
-    load_before = cpu_split(ours)
-    thread = threading.Thread(target=ticker, name=f"ticker-{target.name}", daemon=True)
-    thread.start()
-    try:
-        await asyncio.wait_for(asyncio.shield(finished), timeout=n / rate + 30.0)
-    except TimeoutError:
-        stop.set()
-        for i in range(n):
-            if math.isnan(phase.done[i]):
-                phase.status[i] = -1
-                phase.bodies[i] = b"no answer within the phase's deadline"
-                phase.done[i] = CLOCK()
-                if math.isnan(phase.sent[i]):
-                    phase.sent[i] = phase.done[i]
-    finally:
-        stop.set()
-        thread.join()
-    phase.client_cpu_s = time.process_time() - client_cpu_before
-    cpu_after = processes_user_sys_s(target.pids)
-    phase.server_cpu_s = sum(cpu_after) - sum(cpu_before)
-    phase.server_sys_s = cpu_after[1] - cpu_before[1]
-    phase.other_cpu_pct = other_cpu_pct(load_before, cpu_split(ours))
-    phase.new_connections = target.pool.opened - opened_before
-    return phase
-
-
-# ---------------------------------------------------------------------------------------------- CPU
-
-
-def processes_cpu_s(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of these processes (threads included; gone processes count 0), from /proc."""
-    user, system = processes_user_sys_s(pids)
-    return user + system
-
-
-def processes_user_sys_s(pids: Sequence[int]) -> tuple[float, float]:
-    """(user, system) CPU seconds of these processes, from /proc/PID/stat."""
-    user = system = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11])  # utime and stime: fields 14 and 15 of stat(5)
-        system += int(fields[12])
-    return user / TICKS, system / TICKS
-
-
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, wall x cores) CPU seconds of the whole machine since boot, from /proc/stat; steal counts as busy."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / TICKS, sum(fields) / TICKS
-
-
-@dataclass(frozen=True)
-class CpuSplit:
-    busy: float
-    total: float
-    ours: float
-
-
-def cpu_split(ours: Sequence[int]) -> CpuSplit:
-    busy, total = machine_cpu_s()
-    return CpuSplit(busy, total, processes_cpu_s(ours))
-
-
-def other_cpu_pct(before: CpuSplit, after: CpuSplit) -> float:
-    """CPU used outside the benchmark's processes between two samples, in % of the whole machine."""
-    total = after.total - before.total
-    if total <= 0:
-        return 0.0
-    other = (after.busy - before.busy) - (after.ours - before.ours)
-    return max(0.0, 100.0 * other / total)
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (Triton's Python-backend stubs are its children)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found = [pid]
-    for p in found:
-        found.extend(c for c, parent in parents.items() if parent == p)
-    return found
-
-
-async def wait_for_quiet(ours: Sequence[int], threshold_pct: float, max_wait_s: float) -> float:
-    """Wait (up to `max_wait_s`) for a 1 s window where others use under `threshold_pct` of the machine.
-
-    The decision only looks at other processes' CPU, never at latencies, so it biases no target.
-    Returns the last window's figure.
-    """
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        before = cpu_split(ours)
-        await asyncio.sleep(1.0)
-        pct = other_cpu_pct(before, cpu_split(ours))
-        if pct < threshold_pct or time.monotonic() >= deadline:
-            return pct
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -440,106 +123,6 @@ def check_phase(phase: Phase, expected: list[float]) -> list[str]:
         if problem is not None:
             errors.append(f"{phase.target} request {i}: {problem}")
     return errors
-
-
-# ---------------------------------------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return math.nan
-    k = (len(sorted_values) - 1) * p / 100.0
-    lo = math.floor(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
-
-
-def pkey(p: float) -> str:
-    return f"p{p:g}"
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    s = sorted(values)
-    out = {pkey(p): round(percentile(s, p), 4) for p in PERCENTILES}
-    out["mean"] = round(sum(s) / len(s), 4) if s else math.nan
-    out["max"] = round(s[-1], 4) if s else math.nan
-    return out
-
-
-def summarize_phases(phases: Sequence[Phase]) -> dict[str, Any]:
-    lat = [x for ph in phases for x in ph.latency_ms]
-    n = len(lat)
-    return {
-        "requests": n,
-        "latency_ms": summarize(lat),
-        "service_ms": summarize([x for ph in phases for x in ph.service_ms]),
-        "send_lag_ms": summarize([x for ph in phases for x in ph.send_lag_ms]),
-        "achieved_rate": round(
-            sum(len(ph.done) for ph in phases) / sum(len(ph.done) / ph.achieved_rate for ph in phases), 2
-        ),
-        "new_connections": sum(ph.new_connections for ph in phases),
-        "content_encodings": sorted({e.decode("latin-1") or "none" for ph in phases for e in ph.encodings}),
-        "server_cpu_us_per_request": round(sum(ph.server_cpu_s for ph in phases) / n * 1e6, 1),
-        "server_sys_cpu_us_per_request": round(sum(ph.server_sys_s for ph in phases) / n * 1e6, 1),
-        "client_cpu_us_per_request": round(sum(ph.client_cpu_s for ph in phases) / n * 1e6, 1),
-        "other_cpu_pct_max": round(max(ph.other_cpu_pct for ph in phases), 1),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- machine
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gib: float | None = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    versions: dict[str, str | None] = {}
-    for dist in ("uvicorn", "httptools", "uvloop", "httpx", "httpcore", "nvidia-pytriton"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": mem_gib,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "kernel": f"{platform.system()} {platform.release()}",
-        "versions": versions,
-    }
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the gateway under test came from, and request-path files that differ from it."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted": git("status", "--porcelain", "--", "gateway", "adapters", "placement").splitlines(),
-    }
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 # ---------------------------------------------------------------------------------------------- stack
@@ -660,17 +243,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Latency the gateway adds over calling Triton directly (warm model, open loop, fixed rate).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--rate", type=float, default=200.0, help="requests per second in every phase")
-    p.add_argument("--requests", type=int, default=2000, help="measured requests per phase")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; each has one phase per target")
-    p.add_argument("--warmup", type=int, default=500, help="unmeasured requests per target before round 1")
-    p.add_argument("--phase-warmup", type=int, default=50, help="unmeasured requests before every phase")
+    add_open_loop_args(p, "requests")
     p.add_argument("--connections", type=int, default=4, help="keep-alive connections opened per target up front")
-    p.add_argument("--values", type=int, default=16, help="FP32 values in the request")
     p.add_argument(
         "--accept-encoding", default=None, metavar="VALUE", help="send this Accept-Encoding (default: none is sent)"
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
     p.add_argument(
         "--compare",
         action="append",
@@ -686,14 +263,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy", type=Path, default=None, metavar="PATH", help="record a gateway with py-spy (raw)")
     p.add_argument("--py-spy-target", default="gateway", metavar="NAME", help="which gateway --py-spy records")
     p.add_argument(
-        "--quiet",
-        type=float,
-        default=10.0,
-        metavar="PCT",
-        help="before each phase, wait for a 1 s window where other processes use under PCT%% of the machine (0: off)",
-    )
-    p.add_argument("--quiet-wait", type=float, default=120.0, metavar="S", help="longest wait for --quiet, seconds")
-    p.add_argument(
         "--redo-above",
         type=float,
         default=15.0,
@@ -701,10 +270,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure a phase again when other processes used over PCT%% of the machine during it (0: never)",
     )
     p.add_argument("--max-redo", type=int, default=3, help="most re-measurements of one phase")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
     args = p.parse_args(argv)
-    if args.rate <= 0 or args.requests < 1 or args.rounds < 1 or args.values < 1:
-        p.error("--rate, --requests, --rounds and --values must be positive")
+    check_open_loop_args(p, args)
     return args
 
 
@@ -752,19 +319,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(f"--py-spy-target {args.py_spy_target!r} is not one of {[n for n, _ in gateways]}")
                 spy = start_py_spy(chosen, args.py_spy)
             ae = args.accept_encoding
-            targets = [Target("direct", triton.url, _pool(triton.url), http_request(triton.url, path, body, ae))]
+            targets = [Target("direct", triton.url, pool_for(triton.url), http_request(triton.url, path, body, ae))]
             targets[0].pids = descendants(triton.pid)  # the server and its Python-backend stub
             for name, g in gateways:
                 pids = [g.proc.pid] if g.proc else []
-                targets.append(Target(name, g.url, _pool(g.url), http_request(g.url, path, body, ae), pids))
+                targets.append(Target(name, g.url, pool_for(g.url), http_request(g.url, path, body, ae), pids))
             if stack.redis.pid is not None:
                 targets[0].pids.append(stack.redis.pid)  # counted as ours, not as other load
             if args.floor:
                 relay, relay_url = start_relay(triton.url)
                 warm(relay_url, path, body, expected, "the model through the relay")
                 request = http_request(relay_url, path, body, ae)
-                targets.append(Target(RELAY, relay_url, _pool(relay_url), request, [relay.pid]))
-            phases, rounds, client = _run_loop(_measure(targets, args, expected))
+                targets.append(Target(RELAY, relay_url, pool_for(relay_url), request, [relay.pid]))
+            phases, rounds, client = run_loop(_measure(targets, args, expected))
             if spy is not None:
                 stop_py_spy(spy)
                 spy = None
@@ -829,11 +396,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _pool(url: str) -> Pool:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return Pool(host, int(port))
-
-
 async def _measure(
     targets: list[Target], args: argparse.Namespace, expected: list[float]
 ) -> tuple[list[Phase], list[dict[str, Any]], str]:
@@ -844,7 +406,7 @@ async def _measure(
         for t in targets:
             await t.pool.top_up(args.connections)
             if args.warmup:
-                _raise_on_errors(check_phase(await run_phase(t, args.warmup, args.rate, ours), expected))
+                raise_on_errors(check_phase(await run_phase(t, args.warmup, args.rate, ours), expected))
         phases: list[Phase] = []
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
@@ -859,11 +421,11 @@ async def _measure(
                     quiet = await wait_for_quiet(ours, args.quiet, args.quiet_wait)
                 await t.pool.top_up(args.connections)
                 if args.phase_warmup:
-                    _raise_on_errors(check_phase(await run_phase(t, args.phase_warmup, args.rate, ours), expected))
+                    raise_on_errors(check_phase(await run_phase(t, args.phase_warmup, args.rate, ours), expected))
                 redone = 0
                 while True:
                     ph = await run_phase(t, args.requests, args.rate, ours)
-                    _raise_on_errors(check_phase(ph, expected))
+                    raise_on_errors(check_phase(ph, expected))
                     if args.redo_above <= 0 or ph.other_cpu_pct <= args.redo_above or redone >= args.max_redo:
                         break
                     # Decided on other processes' CPU alone, never on the latencies: no target is favoured.
@@ -897,21 +459,6 @@ async def _measure(
         for t in targets:
             t.pool.close()
         await asyncio.sleep(0.05)  # let the transports close before the servers are stopped
-
-
-def _raise_on_errors(errors: list[str]) -> None:
-    if errors:
-        shown = "\n  ".join(errors[:10])
-        raise SystemExit(f"{len(errors)} wrong answers (first ones):\n  {shown}")
-
-
-def _run_loop(main: Coroutine[Any, Any, _T]) -> _T:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
 
 
 def start_relay(upstream_url: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -59,3 +59,16 @@ class LoadFailed(PlacementError):
 
 class LeaseLost(PlacementError):
     """This gateway's load lease was taken over (it expired); its writes are refused by the fencing token."""
+
+
+class StoreUnavailable(PlacementError):
+    """Redis, which holds the shared state, is unreachable or did not answer in time.
+
+    Raised instead of redis-py's connection and timeout errors, once, where placement calls Redis
+    (`placement.redis_health.RedisHealth.guard`). Warm requests don't need Redis; what does (a cold load, an
+    admin write, a name this gateway has not heard of) gets this error. `retry_after` is a hint in seconds.
+    """
+
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -26,7 +26,8 @@ from adapters.base import LoadRequest, RuntimeAdapter
 from adapters.errors import BackendError, BackendLoadError
 from placement.clock import Clock
 from placement.errors import LeaseLost, LoadFailed, NoCapacity, UnknownModel
-from placement.policy import BackendChooser, BackendLoad, EvictionCandidate, EvictionPolicy
+from placement.eviction import EvictionCandidate, EvictionPolicy
+from placement.policy import BackendChooser, BackendLoad
 from placement.records import CopyRecord, CopyState, ModelSpec
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
@@ -267,6 +268,8 @@ class Loader:
             raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")
         self.view.set_copy(name, backend, CopyState.READY)
         seconds = _loop_time() - started
+        with contextlib.suppress(Exception):  # learning the cost is best effort: the copy is ready either way
+            await self.store.note_load_seconds(name, seconds)
         self.events.loads += 1
         self.events.on_load(name, backend, seconds, True)
         log.info(
@@ -327,39 +330,73 @@ class Loader:
             await self.view.wait(None, self.settings.wait_poll)
 
     async def _evict_one(self, spec: ModelSpec, backends: list[str], held: dict[str, list[CopyRecord]]) -> bool:
-        """Free one slot on one of `backends` by unloading the least recently used evictable copy."""
+        """Free one slot on one of `backends` by unloading the evictable copy the eviction policy ranks first."""
         # Our own recent requests must count before we judge what is least recently used.
-        await self.store.touch_many(self.usage.drain())
-        candidates: list[EvictionCandidate] = []
-        for bid in backends:
-            lru = await self.store.lru_of(bid)
-            for c in held.get(bid, []):
-                if c.state is not CopyState.READY or not self._evictable(c.model, bid):
-                    continue
-                candidates.append(EvictionCandidate(c.model, bid, lru.get(c.model, c.since)))
+        await self.store.touch_many(self.usage.drain(), self.usage.drain_requests())
+        candidates = await self.eviction_candidates(backends, held)
         for cand in self.eviction.rank(candidates):
             if not self._evictable(cand.model, cand.backend):  # a request may have started meanwhile
                 continue
+            score = self.eviction.score(cand)
             if await self.unload_copy(cand.model, cand.backend, reason="evicted"):
+                self.eviction.evicted(cand)
                 idle = max(0.0, self.clock.now() - cand.last_used)
                 self.events.evictions += 1
                 self.events.on_eviction(cand.model, cand.backend, idle)
+                reason = f"{self.eviction.name} ranked it first of {len(candidates)} (score {score:.4g})"
                 log.info(
-                    "evicted %s from %s (idle %.1f s) to make room for %s",
+                    "evicted %s from %s (idle %.1f s) to make room for %s: %s",
                     cand.model,
                     cand.backend,
                     idle,
                     spec.name,
+                    reason,
                     extra={
                         "event": "eviction",
                         "model": cand.model,
                         "backend": cand.backend,
                         "idle_seconds": round(idle, 3),
                         "for_model": spec.name,
+                        "policy": self.eviction.name,
+                        "score": round(score, 6),
+                        "reason": reason,
                     },
                 )
                 return True
         return False
+
+    async def eviction_candidates(
+        self, backends: list[str], held: dict[str, list[CopyRecord]]
+    ) -> list[EvictionCandidate]:
+        """The ready copies on `backends` that may be evicted now, with what the policy weighs (Redis reads)."""
+        copies = [c for bid in backends for c in held.get(bid, []) if c.state is CopyState.READY]
+        return await self._candidates([c for c in copies if self._evictable(c.model, c.backend)])
+
+    async def policy_scores(self, copies: list[CopyRecord]) -> dict[tuple[str, str], float]:
+        """The eviction policy's score of each ready copy, (model, backend) -> score (higher: kept longer)."""
+        cands = await self._candidates([c for c in copies if c.state is CopyState.READY])
+        return {(c.model, c.backend): self.eviction.score(c) for c in cands}
+
+    async def _candidates(self, copies: list[CopyRecord]) -> list[EvictionCandidate]:
+        facts = await self.store.eviction_facts(c.model for c in copies)
+        lru = {bid: await self.store.lru_of(bid) for bid in {c.backend for c in copies}}
+        out = []
+        for c in copies:
+            spec = self.view.models.get(c.model)
+            requests, seconds, gap = facts.get(c.model, (0, 0.0, 0.0))
+            out.append(
+                EvictionCandidate(
+                    c.model,
+                    c.backend,
+                    lru[c.backend].get(c.model, c.since),
+                    memory_bytes=spec.memory_bytes if spec is not None else c.memory_bytes,
+                    loaded_at=c.since,
+                    requests=requests,
+                    load_seconds=seconds,
+                    mean_gap=gap,
+                )
+            )
+        return out
 
     def _why_full(self, loads: list[BackendLoad], held: dict[str, list[CopyRecord]]) -> str:
         """Why no candidate backend can take the model now, copy by copy (for the operator's log)."""

@@ -8,13 +8,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from adapters.base import RuntimeAdapter
 from placement.clock import Clock
+from placement.errors import StoreUnavailable
+from placement.eviction import EVICTIONS
 from placement.loader import Loader
-from placement.policy import CHOOSERS, EVICTIONS
+from placement.lookup import NameLookup
+from placement.policy import CHOOSERS
 from placement.reconcile import Reconciler
 from placement.records import BackendSpec, CopyState, ModelSpec
+from placement.redis_health import UNREACHABLE, RedisHealth
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
 from placement.tasks import sleep_or_stop, stop_task
@@ -34,7 +39,10 @@ class Placer:
         self.settings = settings
         self.clock = clock
         self.view = PlacementView()
-        self.sync = ViewSync(store, self.view, settings.resync_interval)
+        self.health = RedisHealth(clock)
+        self.sync = ViewSync(store, self.view, settings.resync_interval, self.health)
+        self.lookup = NameLookup(store, self.view, self.health, clock)
+        self.sync.on_name = self.lookup.forget
         self.usage = Usage(clock)
         self._factory = adapter_factory
         self._adapters: dict[str, tuple[BackendSpec, RuntimeAdapter]] = {}
@@ -46,9 +54,9 @@ class Placer:
             settings,
             clock,
             CHOOSERS[settings.backend_chooser](),
-            EVICTIONS[settings.eviction_policy](),
+            EVICTIONS[settings.eviction_policy](clock),
         )
-        self.reconciler = Reconciler(store, self.view, self.loader, self.adapter, settings, clock)
+        self.reconciler = _Reconciler(self.health, store, self.view, self.loader, self.adapter, settings, clock)
         self.view.on_backends_changed = self._backends_changed
         self._flusher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -113,11 +121,26 @@ class Placer:
         return min(rotated, key=lambda b: self.usage.inflight(model, b))
 
     async def ensure(self, model: str, timeout: float | None = None) -> str:
-        return await self.loader.ensure(model, timeout)
+        """A backend with a ready copy (see `Loader.ensure`). Without Redis no copy can be placed: refused at
+        once while Redis is known to be down, and the wait ends as soon as it is found down."""
+        with self.health.guard():
+            try:
+                return await self.health.until_down(self.loader.ensure(model, timeout))
+            except StoreUnavailable:
+                # The shared load task goes on without this waiter; its outcome must not be left unretrieved
+                # (asyncio would log it with a traceback).
+                load = self.loader._tasks.get(model)
+                if load is not None:
+                    load.add_done_callback(_retrieve)
+                raise
 
     async def copy_missing(self, model: str, backend: str) -> None:
         """The backend said it does not hold a copy the view called ready: fix Redis and the view."""
         self.view.set_copy(model, backend, None)
+        with self.health.guard():
+            await self._copy_missing(model, backend)
+
+    async def _copy_missing(self, model: str, backend: str) -> None:
         for c in await self.store.copies_of(model):
             if c.backend == backend:
                 if c.state is CopyState.READY:
@@ -131,9 +154,37 @@ class Placer:
 
     async def _flush_usage(self) -> None:
         while not await sleep_or_stop(self._stop, self.settings.usage_flush_interval):
+            if not self.health.up:
+                continue  # usage keeps accumulating in memory (one entry per copy) and is written once it is back
             try:
                 await self.store.touch_many(self.usage.drain(), self.usage.drain_requests())
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:
+                self.health.mark_down(f"{type(exc).__name__}: {exc}")  # said once, by the health's log line
             except Exception as exc:
                 log.warning("could not record last-used times: %s", exc)
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _Reconciler(Reconciler):
+    """Reconciliation needs Redis: its rounds are skipped while Redis is down (the gateway's one log line says
+    so) rather than failing with a traceback each time; a round that meets the outage ends quietly."""
+
+    def __init__(self, health: RedisHealth, *args: Any) -> None:
+        super().__init__(*args)
+        self._health = health
+
+    async def reconcile_if_leader(self) -> None:
+        if not self._health.up:
+            return
+        try:
+            await super().reconcile_if_leader()
+        except UNREACHABLE as exc:
+            self._health.mark_down(f"{type(exc).__name__}: {exc}")
+        except StoreUnavailable:
+            pass  # Redis was marked down meanwhile; its one log line says so

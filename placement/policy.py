@@ -1,9 +1,5 @@
-"""Placement policies: small objects with one method each, chosen in settings.
-
-- a `BackendChooser` ranks the backends that could take a new copy;
-- an `EvictionPolicy` ranks the copies that may be evicted to make room.
-Which copies are *allowed* to be evicted (not pinned, above min_copies, nothing in flight) is decided by the
-loader before the policy sees them; a policy only orders.
+"""Backend choice: a `BackendChooser` ranks the backends that could take a new copy (small objects with one
+method, chosen in settings). Eviction policies live in `placement.eviction`, one per module.
 """
 
 from __future__ import annotations
@@ -11,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from placement.eviction.base import EvictionCandidate, EvictionPolicy
 from placement.records import ModelSpec
+
+__all__ = ["CHOOSERS", "BackendChooser", "BackendLoad", "EvictionCandidate", "EvictionPolicy", "MostFreeFirst"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +32,8 @@ class BackendLoad:
         return self.cap_bytes is None or spec.memory_bytes <= self.cap_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class EvictionCandidate:
-    model: str
-    backend: str
-    last_used: float  # 0 when never used since it was loaded
-
-
 class BackendChooser(Protocol):
     def rank(self, spec: ModelSpec, loads: list[BackendLoad]) -> list[BackendLoad]: ...
-
-
-class EvictionPolicy(Protocol):
-    def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]: ...
 
 
 class MostFreeFirst:
@@ -59,12 +47,4 @@ class MostFreeFirst:
         return sorted(loads, key=key)
 
 
-class LeastRecentlyUsed:
-    """Evict the copy whose last request is oldest."""
-
-    def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
-        return sorted(candidates, key=lambda c: (c.last_used, c.backend, c.model))
-
-
 CHOOSERS: dict[str, type[MostFreeFirst]] = {"most-free": MostFreeFirst}
-EVICTIONS: dict[str, type[LeastRecentlyUsed]] = {"lru": LeastRecentlyUsed}

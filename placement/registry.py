@@ -13,7 +13,7 @@ from typing import Any
 
 from adapters.base import LoadRequest
 from adapters.errors import BackendError
-from placement.errors import Conflict, NotFound, Unplaceable
+from placement.errors import Conflict, InvalidSpec, NotFound, Unplaceable
 from placement.placer import Placer
 from placement.records import BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, check_name
 from placement.store import version
@@ -115,6 +115,43 @@ class Registry:
     # -- models ----------------------------------------------------------------------------------------
     async def put_model(self, name: str, body: Any) -> dict[str, Any]:
         spec = ModelSpec.parse(name, body)
+        await self._check_model(spec)
+        await self._unload_if_changed(spec)
+        await self.store.put_model(spec)
+        self._registered(spec)
+        return await self.model_json(name)
+
+    async def put_models(self, body: Any) -> dict[str, Any]:
+        """`PUT /admin/models`: register or update many models. Every entry is checked before any is written;
+        the specs are then written in one Redis transaction. Returns {"models": [stored records]}."""
+        if not isinstance(body, dict) or set(body) != {"models"} or not isinstance(body["models"], list):
+            raise InvalidSpec('the body must be {"models": [{"name": ..., "runtime": ...}, ...]}')
+        specs: list[ModelSpec] = []
+        for i, entry in enumerate(body["models"]):
+            name = entry.get("name") if isinstance(entry, dict) else None
+            where = f"models[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+            try:
+                if not isinstance(name, str):
+                    raise InvalidSpec("name is required: a string")
+                spec = ModelSpec.parse(name, entry)
+                await self._check_model(spec)
+            except (InvalidSpec, Conflict, Unplaceable) as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            specs.append(spec)
+        names = [s.name for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InvalidSpec(f"model name(s) {twice} appear more than once; name each model once")
+        for spec in specs:
+            await self._unload_if_changed(spec)
+        await self.store.put_models(specs)
+        for spec in specs:
+            self._registered(spec)
+        return {"models": [await self.model_json(s.name) for s in specs]}
+
+    async def _check_model(self, spec: ModelSpec) -> None:
+        """Refuse a model that takes a route's name or that fits no backend of its runtime."""
+        name = spec.name
         for taken in self.name_taken:
             if await taken(name):
                 raise Conflict(f"{name!r} is already the name of a route; a model can't have the same name")
@@ -132,22 +169,24 @@ class Registry:
                 f"model {name!r} needs {spec.memory_bytes} bytes but the largest {spec.runtime} backend holds "
                 f"{biggest}; lower memory_bytes or register a larger backend"
             )
-        old = await self.store.get_model_spec(name)
+
+    async def _unload_if_changed(self, spec: ModelSpec) -> None:
+        old = await self.store.get_model_spec(spec.name)
         if old is not None and (
             old.runtime != spec.runtime or old.source != spec.source or old.memory_bytes != spec.memory_bytes
         ):
             # What is loaded no longer matches the registration: unload it; the next request loads it anew.
-            await self.unload_model(name)
-        await self.store.put_model(spec)
-        self.view.set_model(name, spec)
-        self.view.versions[f"model:{name}"] = version()
+            await self.unload_model(spec.name)
+
+    def _registered(self, spec: ModelSpec) -> None:
+        self.view.set_model(spec.name, spec)
+        self.view.versions[f"model:{spec.name}"] = version()
         log.info(
             "model %s registered: %s",
-            name,
+            spec.name,
             spec.to_json(),
-            extra={"event": "admin", "action": "put_model", "model": name, "spec": spec.to_json()},
+            extra={"event": "admin", "action": "put_model", "model": spec.name, "spec": spec.to_json()},
         )
-        return await self.model_json(name)
 
     async def status(self, name: str) -> ModelStatus:
         status = await self.store.model_status(check_name("model", name))
@@ -252,7 +291,10 @@ class Registry:
         for bid, rec in sorted(self.view.backends.items()):
             lru = await self.store.lru_of(bid)
             copies = await self.store.copies_on(bid)
+            scores = await self.placer.loader.policy_scores(copies)
             models = [{"name": c.model, "state": c.state.value, "last_used": lru.get(c.model)} for c in copies]
+            for m in models:  # the eviction policy's score: higher is kept longer (ready copies only)
+                m["score"] = scores.get((str(m["name"]), bid))
             models.sort(key=lambda m: -float(m["last_used"] or 0))
             out[bid] = {
                 "kind": rec.spec.kind,
@@ -265,4 +307,4 @@ class Registry:
                 },
                 "models": models,
             }
-        return {"backends": out}
+        return {"backends": out, "eviction": self.placer.loader.eviction.name}

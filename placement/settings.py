@@ -27,4 +27,4 @@ class PlacementSettings:
     scale_down_ratio: float = 0.5
     scale_down_rounds: int = 3
     backend_chooser: str = "most-free"
-    eviction_policy: str = "lru"
+    eviction_policy: str = "lru"  # a name in placement.eviction.EVICTIONS; `modelyard serve` defaults to nextuse

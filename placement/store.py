@@ -17,6 +17,8 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:routes                   HASH route name -> spec JSON (splits, shadows, sticky_header, hedge)
     p:requests                 HASH model -> requests served, ever (summed over gateways, written in batches);
                                the reconcile leader turns it into rates to scale copies
+    p:loadsec                  HASH model -> learned seconds of one load (moving average; eviction weighs it)
+    p:gaps                     HASH model -> learned mean seconds between its requests (written with usage)
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
     p:generation               STRING random id written once into an empty Redis; when it vanishes or changes,
                                Redis lost data and the gateways rebuild it (`placement.rebuild`)
@@ -48,6 +50,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from placement.arrivals import WEIGHT
 from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, RouteSpec
 
 # Returns 'full' unless one more copy of `bytes` fits the backend: its copies in any state but failed count.
@@ -298,6 +301,33 @@ class Snapshot:
     tombstones: dict[str, int] = field(default_factory=dict)
 
 
+# Each model's mean gap between requests (placement.arrivals.update_gap, the same rule): ARGV = weight, then
+# (model, when, n) triples; the previous request is the model's last use anywhere, before this flush moves it.
+_GAPS = """
+local w = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local m, when, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local prev = tonumber(redis.call('ZSCORE', KEYS[1], m))
+  if prev and n > 0 and when > prev then
+    local gap = (when - prev) / n
+    local old = tonumber(redis.call('HGET', KEYS[2], m))
+    if old then gap = (1 - w) * old + w * gap end
+    redis.call('HSET', KEYS[2], m, tostring(gap))
+  end
+end
+return 1
+"""
+
+# A model's load time, smoothed: the first load sets it, each later one moves it 30% of the way.
+_LOAD_SECONDS = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local v = tonumber(ARGV[2])
+if old then v = 0.7 * old + 0.3 * v end
+redis.call('HSET', KEYS[1], ARGV[1], tostring(v))
+return 1
+"""
+
+
 class RedisStore:
     """Typed access to modelyard's Redis. One per gateway; it does no I/O until called."""
 
@@ -319,6 +349,8 @@ class RedisStore:
         self._put_route = client.register_script(_PUT_ROUTE)
         self._seed = client.register_script(_SEED)
         self._adopt_held = client.register_script(_ADOPT_HELD)
+        self._load_seconds = client.register_script(_LOAD_SECONDS)
+        self._gaps = client.register_script(_GAPS)
 
     # -- keys ------------------------------------------------------------------------------------------
     def k_backend(self, bid: str) -> str:
@@ -401,6 +433,17 @@ class RedisStore:
             pipe.zadd(f"{self.p}:models", {spec.name: 0})
             pipe.hset(self.k_model(spec.name), mapping={"spec": json.dumps(spec.to_json()), "ver": version()})
             pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
+            await pipe.execute()
+
+    async def put_models(self, specs: list[ModelSpec]) -> None:
+        """Write many model specs in one transaction (all or none), with one event per model."""
+        self._count("admin")
+        async with self.r.pipeline(transaction=True) as pipe:
+            if specs:
+                pipe.zadd(f"{self.p}:models", {s.name: 0 for s in specs})
+            for spec in specs:
+                pipe.hset(self.k_model(spec.name), mapping={"spec": json.dumps(spec.to_json()), "ver": version()})
+                pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
             await pipe.execute()
 
     async def get_model_spec(self, name: str) -> ModelSpec | None:
@@ -550,12 +593,44 @@ class RedisStore:
             return
         self._count("usage_flush")
         async with self.r.pipeline(transaction=False) as pipe:
+            # Before last-used times move: each model's gap between requests, from the previous last use anywhere.
+            latest: dict[str, float] = {}
+            for model, _bid, when in items:
+                latest[model] = max(when, latest.get(model, 0.0))
+            seen = [(m, latest[m], n) for m, n in (requests or {}).items() if n > 0 and m in latest]
+            if seen:
+                args: list[Any] = [WEIGHT]
+                for m, when, n in seen:
+                    args += [m, when, n]
+                await self._gaps(keys=[f"{self.p}:lastused", f"{self.p}:gaps"], args=args, client=pipe)
             for model, bid, when in items:
                 pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
                 pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
             for model, n in (requests or {}).items():
                 pipe.hincrby(f"{self.p}:requests", model, n)
             await pipe.execute()
+
+    async def note_load_seconds(self, model: str, seconds: float) -> None:
+        """Learn how long one load of `model` takes (a moving average over its loads; cold path only)."""
+        self._count("script")
+        await self._load_seconds(keys=[f"{self.p}:loadsec"], args=[model, seconds])
+
+    async def eviction_facts(self, models: Iterable[str]) -> dict[str, tuple[int, float, float]]:
+        """(requests since registration, learned load seconds, learned mean gap between requests) of each model,
+        in one round trip; zeros when nothing is known. What eviction policies weigh besides last use."""
+        names = list(dict.fromkeys(models))
+        if not names:
+            return {}
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(f"{self.p}:requests", names)
+            pipe.hmget(f"{self.p}:loadsec", names)
+            pipe.hmget(f"{self.p}:gaps", names)
+            counts, secs, gaps = await pipe.execute()
+        return {
+            m: (int(n) if n is not None else 0, float(s) if s is not None else 0.0, float(g) if g else 0.0)
+            for m, n, s, g in zip(names, counts, secs, gaps, strict=True)
+        }
 
     async def request_counts(self) -> dict[str, int]:
         """Requests served per model since it was registered, summed over every gateway's flushes."""

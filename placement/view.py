@@ -26,8 +26,9 @@ from typing import Any
 from placement.clock import SystemClock
 from placement.health import OutlierEjector
 from placement.records import BackendRecord, CopyState, ModelSpec, RouteSpec
+from placement.redis_health import RedisHealth
 from placement.store import RedisStore, Snapshot
-from placement.tasks import stop_task
+from placement.tasks import sleep_or_stop, stop_task
 
 log = logging.getLogger("modelyard.view")
 
@@ -192,12 +193,31 @@ class PlacementView:
 
 
 class ViewSync:
-    """Keeps a `PlacementView` equal to Redis: snapshot, then pub/sub events, then snapshot again on trouble."""
+    """Keeps a `PlacementView` equal to Redis: snapshot, then pub/sub events, then snapshot again on trouble.
 
-    def __init__(self, store: RedisStore, view: PlacementView, resync_interval: float = 30.0) -> None:
+    The event connection is checked with a PING every `heartbeat` seconds (0.25); no answer within
+    `heartbeat_timeout` seconds (0.75: a paused Redis, a dead connection) counts as losing Redis: the view is kept
+    and served, `health` is marked down, and the loop reconnects and resyncs. `on_name(name)` is told of every
+    model or route event (None: the whole view was reloaded), so caches of names this gateway looked up can
+    drop what the event may have changed (`placement.lookup`).
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        view: PlacementView,
+        resync_interval: float = 30.0,
+        health: RedisHealth | None = None,
+        heartbeat: float = 0.25,
+        heartbeat_timeout: float = 0.75,
+    ) -> None:
         self.store = store
         self.view = view
         self.resync_interval = resync_interval
+        self.health = health or RedisHealth(SystemClock())
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.on_name: Callable[[str | None], None] = lambda name: None
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
         self._stop = asyncio.Event()
@@ -211,6 +231,8 @@ class ViewSync:
 
     async def resync(self) -> None:
         self.view.load_snapshot(await self.store.snapshot())
+        self.on_name(None)
+        self.health.mark_up()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -222,24 +244,44 @@ class ViewSync:
                 await self.resync()
                 self.synced.set()
                 backoff = 0.1
-                loop = asyncio.get_running_loop()
-                next_resync = loop.time() + self.resync_interval
-                while not self._stop.is_set():
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        await self._apply(json.loads(msg["data"]))
-                    if loop.time() >= next_resync:
-                        await self.resync()
-                        next_resync = loop.time() + self.resync_interval
+                await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: keep serving from the view, reconnect, resync.
-                log.warning("placement view lost Redis (%s); reconnecting in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self.health.mark_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                log.debug("placement view lost Redis (%s); reconnecting in %.1f s", exc, backoff)
+                await sleep_or_stop(self._stop, backoff)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+    async def _follow(self, pubsub: Any) -> None:
+        """Apply events until the connection fails or a heartbeat goes unanswered (both raise)."""
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + self.resync_interval
+        next_ping = loop.time()
+        waiting_since: float | None = None
+        while not self._stop.is_set():
+            now = loop.time()
+            if waiting_since is None and now >= next_ping:
+                await pubsub.ping()
+                waiting_since, next_ping = now, now + self.heartbeat
+            msg = await pubsub.get_message(timeout=self.heartbeat)
+            if msg is None and waiting_since is not None and loop.time() - waiting_since > self.heartbeat_timeout:
+                # Judged only when nothing is left to read, so a stall of this process can't look like one of Redis.
+                raise TimeoutError(f"Redis did not answer a PING within {self.heartbeat_timeout:g} s")
+            if msg is not None and msg.get("type") == "message":
+                await self._apply(json.loads(msg["data"]))
+            elif msg is not None and msg.get("type") == "pong":
+                waiting_since = None
+                if not self.health.up:  # marked down by a failed command: Redis answers again, so catch up
+                    await self.resync()
+                    next_resync = loop.time() + self.resync_interval
+                self.health.heard()
+            if loop.time() >= next_resync:
+                await self.resync()
+                next_resync = loop.time() + self.resync_interval
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("t")
@@ -248,8 +290,10 @@ class ViewSync:
         elif kind == "backend":
             self.view.set_backend(event["b"], await self.store.get_backend(event["b"]))
         elif kind == "model":
+            self.on_name(event["m"])
             self.view.set_model(event["m"], await self.store.get_model_spec(event["m"]))
         elif kind == "lease":
             self.view.notify(event["m"])
         elif kind == "route":
+            self.on_name(event["r"])
             self.view.set_route(event["r"], await self.store.get_route(event["r"]))

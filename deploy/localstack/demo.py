@@ -1,7 +1,7 @@
 """`make demo`: far more models than fit in memory, served through one URL, with the hot ones staying warm.
 
-Starts a real Redis, two real Triton servers and one `modelyard serve` gateway (`LocalStack`), registers the
-backends (K model slots each) and N models (N much larger than the slots) through the admin API, then drives a
+Starts a real Redis, two real Triton servers and one `modelyard serve` gateway (`LocalStack`) with a fleet file
+(`--config`) declaring the backends (K model slots each) and N models (N much larger than the slots), then drives a
 Zipf-skewed workload through the gateway's one URL: R requests per second on a schedule (open loop, as from
 many independent clients; at most C in flight). Every answer is checked (status,
 `OUTPUT0 == input + the model's offset`, `MODEL_NAME`). A live view shows throughput, the hit ratio, loads and
@@ -20,35 +20,30 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
-import math
-import queue
-import random
 import secrets
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
 
 import httpx
+import yaml
 
+from deploy.localstack.console import Console, fmt_latency, percentile, ratio
+from deploy.localstack.gateway_state import fmt_count, read_gateway
 from deploy.localstack.models import demo_model_names, model_offset, write_model_repository
 from deploy.localstack.stack import GatewayProcess, LocalStack
+from deploy.localstack.workload import REQUEST_TIMEOUT_S, Arrivals, HoldingSampler, Result, Results, Worker, ZipfPicker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORKDIR = REPO_ROOT / ".localstack" / "demo"
 # A workdir holding this file was made by the demo and may be wiped; any other non-empty directory is refused.
 MARKER = ".modelyard-demo"
-REQUEST_TIMEOUT_S = 30.0
-HOLDING_INTERVAL_S = 0.2
 TICK_S = 1.0
 
 
@@ -117,338 +112,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         seed=a.seed,
         workdir=a.workdir.expanduser().resolve(),
     )
-
-
-# -- output -------------------------------------------------------------------------------------------------
-
-
-class Console:
-    """Steps on one line each; in place updates (`\\r`, cursor up) only when the stream is a terminal."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._live_lines = 0
-
-    def line(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    @contextmanager
-    def step(self, text: str) -> Iterator[Step]:
-        step = Step(self, text)
-        step.begin()
-        try:
-            yield step
-        except BaseException:
-            step.end("failed")
-            raise
-        step.end("done")
-
-    def fit(self, text: str) -> str:
-        """Cut a line that is redrawn in place to the terminal's width: a wrapped line can't be redrawn."""
-        width = shutil.get_terminal_size((120, 24)).columns - 1
-        return text if len(text) <= width else text[: max(0, width - 3)] + "..."
-
-    def live(self, lines: Sequence[str]) -> None:
-        """Redraw the block of lines drawn last time, in place (terminals only)."""
-        out = f"\x1b[{self._live_lines}F" if self._live_lines else ""
-        out += "".join(f"\x1b[2K{self.fit(s)}\n" for s in lines)
-        self.stream.write(out)
-        self.stream.flush()
-        self._live_lines = len(lines)
-
-    def end_live(self) -> None:
-        self._live_lines = 0
-
-
-class Step:
-    def __init__(self, console: Console, text: str) -> None:
-        self.console = console
-        self.text = text
-        self.detail = ""
-        self.started = time.monotonic()
-
-    def begin(self) -> None:
-        self.console.stream.write(f"{self.text} ...")
-        self.console.stream.flush()
-
-    def update(self, detail: str) -> None:
-        """Progress of a long step: redrawn in place on a terminal, shown once at the end otherwise."""
-        self.detail = detail
-        if self.console.tty:
-            self.console.stream.write("\r\x1b[2K" + self.console.fit(f"{self.text} ... {detail}"))
-            self.console.stream.flush()
-
-    def end(self, outcome: str) -> None:
-        took = time.monotonic() - self.started
-        detail = f" {self.detail}" if self.detail else ""
-        if self.console.tty:
-            self.console.stream.write(f"\r\x1b[2K{self.text} ...{detail} {outcome} ({took:.1f} s)\n")
-        else:
-            self.console.stream.write(f"{detail} {outcome} ({took:.1f} s)\n")
-        self.console.stream.flush()
-
-
-def fmt_latency(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1.0:
-        return f"{seconds * 1000:.1f} ms"
-    return f"{seconds:.2f} s"
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of already sorted values; None when there are none."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
-
-
-def ratio(part: int, whole: int) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
-
-
-# -- workload -----------------------------------------------------------------------------------------------
-
-
-class ZipfPicker:
-    """Rank r (1-based) is chosen with probability proportional to 1/r^s, over a seeded permutation of names."""
-
-    def __init__(self, names: Sequence[str], s: float, seed: int) -> None:
-        self.ranked = list(names)
-        random.Random(seed).shuffle(self.ranked)
-        self.weights: list[float] = [1.0 / float(r) ** s for r in range(1, len(self.ranked) + 1)]
-        self.cum = list(itertools.accumulate(self.weights))
-
-    def pick(self, rng: random.Random) -> str:
-        return rng.choices(self.ranked, cum_weights=self.cum)[0]
-
-    def share(self, top: int) -> float:
-        """Expected fraction of requests that go to the `top` hottest models."""
-        return self.cum[min(top, len(self.cum)) - 1] / self.cum[-1]
-
-
-@dataclass(frozen=True)
-class Result:
-    done: float  # time.monotonic() when the answer (or the failure) came
-    latency: float
-    model: str
-    cold: bool  # the gateway said this request waited for a load (x-modelyard-cold: 1)
-    answered: bool  # an HTTP response came (right or wrong); False for timeouts and connection errors
-    backend: str = ""  # x-modelyard-backend
-    error_kind: str | None = None
-    error: str | None = None
-
-
-class Results:
-    """What the workers saw, appended from several threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[Result] = []
-
-    def add(self, r: Result) -> None:
-        with self._lock:
-            self._items.append(r)
-
-    def snapshot(self) -> list[Result]:
-        with self._lock:
-            return list(self._items)
-
-
-def check_answer(
-    response: httpx.Response, name: str, data: Sequence[float], offsets: dict[str, float]
-) -> tuple[str, str] | None:
-    """None when the answer is right, else (kind of error, what was wrong)."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}", f"{name}: HTTP {response.status_code}: {response.text[:300]}"
-    try:
-        body = response.json()
-        outputs = {o["name"]: o for o in body["outputs"]}
-        got = [float(v) for v in outputs["OUTPUT0"]["data"]]
-        got_name = list(outputs["MODEL_NAME"]["data"])
-    except (ValueError, KeyError, TypeError) as exc:
-        return "malformed answer", f"{name}: not the expected KServe v2 answer ({exc!r}): {response.text[:300]}"
-    offset = offsets[name]
-    expected = [x + offset for x in data]
-    if len(got) != len(expected) or any(
-        abs(g - e) > 1e-3 * max(1.0, abs(e)) for g, e in zip(got, expected, strict=True)
-    ):
-        hint = ""
-        if len(got) == len(expected):
-            by_offset = {v: k for k, v in offsets.items()}
-            other = by_offset.get(float(round(got[0] - data[0])))
-            if other is not None and other != name:
-                hint = f" (that is {other}'s answer)"
-        return "wrong OUTPUT0", f"{name}: OUTPUT0 {got}, expected input + {offset:g} = {expected}{hint}"
-    if got_name != [name]:
-        return "wrong MODEL_NAME", f"{name}: MODEL_NAME {got_name}, expected [{name!r}]"
-    return None
-
-
-class Arrivals(threading.Thread):
-    """Open-loop traffic, as from many independent clients: a request is due every 1/rate seconds (Poisson
-    gaps), whether or not earlier ones were answered. A request waiting for a cold load holds up nobody else."""
-
-    def __init__(self, rate: float, picker: ZipfPicker, seed: int) -> None:
-        super().__init__(name="arrivals", daemon=True)
-        self.rate = rate
-        self.picker = picker
-        self.rng = random.Random(f"{seed}-arrivals")  # one generator: the same seed gives the same requests
-        self.due: queue.Queue[tuple[float, str]] = queue.Queue()
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        t = time.monotonic()
-        while not self.stop_event.is_set():
-            t += self.rng.expovariate(self.rate)
-            delay = t - time.monotonic()
-            if delay > 0 and self.stop_event.wait(delay):
-                break
-            self.due.put((t, self.picker.pick(self.rng)))
-
-
-class Worker(threading.Thread):
-    """One client connection: takes the next due request, sends it, checks the answer, until told to stop.
-    Latency counts from when the request was due, so time spent waiting for a free worker is not hidden."""
-
-    def __init__(
-        self,
-        index: int,
-        url: str,
-        picker: ZipfPicker,
-        offsets: dict[str, float],
-        seed: int,
-        out: Results,
-        due: queue.Queue[tuple[float, str]],
-    ) -> None:
-        super().__init__(name=f"worker-{index}", daemon=True)
-        self.url = url
-        self.picker = picker
-        self.offsets = offsets
-        self.rng = random.Random(f"{seed}-worker-{index}")
-        self.out = out
-        self.due = due
-        self.stop_event = threading.Event()
-        self.current: str | None = None  # the model of the request in flight, for the live view
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S) as client:
-            while not self.stop_event.is_set():
-                try:
-                    scheduled, name = self.due.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                self.out.add(self.one(client, scheduled, name))
-        self.current = None
-
-    def one(self, client: httpx.Client, scheduled: float, name: str) -> Result:
-        data = [round(self.rng.uniform(-10.0, 10.0), 2) for _ in range(4)]
-        payload = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": data}]}
-        cold, answered, backend = False, False, ""
-        failure: tuple[str, str] | None
-        self.current = name
-        started = scheduled
-        try:
-            response = client.post(f"/v2/models/{name}/infer", json=payload)
-            answered = True
-            cold = response.headers.get("x-modelyard-cold") == "1"
-            backend = response.headers.get("x-modelyard-backend", "")
-            failure = check_answer(response, name, data, self.offsets)
-        except httpx.TimeoutException:
-            failure = "timeout", f"{name}: no answer within {REQUEST_TIMEOUT_S:g} s"
-        except httpx.HTTPError as exc:
-            failure = "request failed", f"{name}: {type(exc).__name__}: {exc}"
-        done = time.monotonic()
-        kind, detail = failure if failure else (None, None)
-        return Result(done, done - started, name, cold, answered, backend, kind, detail)
-
-
-class HoldingSampler(threading.Thread):
-    """Reads every Triton's repository index about every 0.2 s and keeps the most models each held at once."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        super().__init__(name="holding-sampler", daemon=True)
-        self.stack = stack
-        self.stop_event = threading.Event()
-        self.max_held = [0] * len(stack.tritons)
-        self.samples = 0
-        self.failures = 0
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            for i, triton in enumerate(self.stack.tritons):
-                try:
-                    held = len(self.stack.holding(triton))
-                except (httpx.HTTPError, ValueError):
-                    self.failures += 1
-                    continue
-                self.max_held[i] = max(self.max_held[i], held)
-                self.samples += 1
-            self.stop_event.wait(HOLDING_INTERVAL_S)
-
-    def finish(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=15)
-
-
-# -- what the gateway says ------------------------------------------------------------------------------------
-
-
-@dataclass
-class GatewayState:
-    loads: float | None = None
-    evictions: float | None = None
-    # backend id -> (models holding a slot, capacity in models, names of ready models)
-    backends: dict[str, tuple[int, int, list[str]]] = field(default_factory=dict)
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Samples of a Prometheus text exposition, keyed by name with labels, as written."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        try:
-            samples[key] = float(value)
-        except ValueError:
-            continue
-    return samples
-
-
-def metric_total(samples: dict[str, float], name: str, *labels: str) -> float:
-    """The sum of `name`'s samples over every label set that has all of `labels` (`key="value"`)."""
-    return sum(
-        v
-        for key, v in samples.items()
-        if (key == name or key.startswith(name + "{")) and all(label in key for label in labels)
-    )
-
-
-def read_gateway(admin: httpx.Client) -> GatewayState:
-    state = GatewayState()
-    try:
-        metrics = parse_metrics(admin.get("/metrics").text)
-        state.loads = metric_total(metrics, "modelyard_loads_total", 'result="ok"')
-        state.evictions = metric_total(metrics, "modelyard_evictions_total")
-    except httpx.HTTPError:
-        pass
-    try:
-        r = admin.get("/admin/placement")
-        r.raise_for_status()
-        backends: dict[str, Any] = r.json()["backends"]
-        for bid, b in sorted(backends.items()):
-            ready = [m["name"] for m in b["models"] if m["state"] == "ready"]
-            state.backends[bid] = (int(b["used"]["models"]), int(b["capacity"]["models"]), ready)
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        pass
-    return state
-
-
-def fmt_count(value: float | None) -> str:
-    return "?" if value is None else str(int(value))
 
 
 # -- the demo -----------------------------------------------------------------------------------------------
@@ -521,27 +184,35 @@ class Demo:
                 t.start()
                 started.append(f"triton-{i} {t.url}")
                 s.update(", ".join(started))
-        with c.step("[4/6] starting the gateway (modelyard serve)") as s:
+        fleet = write_fleet(o.workdir / "fleet.yaml", stack, self.names, o.capacity)
+        with c.step(f"[4/6] starting the gateway (modelyard serve --config {fleet.name})") as s:
             # Listed in the stack before it starts, so that stopping the stack stops it whatever happens.
-            gw = self.gateway = GatewayProcess(stack.redis.url, o.workdir, token=self.token)
+            config = [f"--config={fleet}"]
+            gw = self.gateway = GatewayProcess(stack.redis.url, o.workdir, token=self.token, extra=config)
             stack.gateways.append(gw)
             gw.start()
             s.update(gw.url)
         self.admin = httpx.Client(
             base_url=gw.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=httpx.Timeout(30.0)
         )
-        with c.step(f"[5/6] registering 2 backends ({o.capacity} slots each) and {o.models} models (admin API)") as s:
-            for i, t in enumerate(stack.tritons):
-                r = self.admin.put(
-                    f"/admin/backends/triton-{i}",
-                    json={"kind": "triton", "url": t.url, "grpc_url": t.grpc_url, "capacity": {"models": o.capacity}},
-                )
-                _raise_for(r, f"PUT /admin/backends/triton-{i}")
-            for n, name in enumerate(self.names, 1):
-                r = self.admin.put(f"/admin/models/{name}", json={"runtime": "triton"})
-                _raise_for(r, f"PUT /admin/models/{name}")
-                if n % 10 == 0 or n == len(self.names):
-                    s.update(f"{n}/{len(self.names)} models")
+        with c.step(
+            f"[5/6] the gateway applies {fleet.name}: 2 backends ({o.capacity} slots each) and {o.models} models"
+        ) as s:
+            self.wait_for_fleet(s.update)
+
+    def wait_for_fleet(self, update: Callable[[str], None], timeout: float = 120.0) -> None:
+        """Until every model of the fleet file is registered (the gateway applies it once ready, in bulk)."""
+        assert self.admin is not None and self.gateway is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.admin.get("/admin/models", params={"limit": 1000})
+            _raise_for(r, "GET /admin/models")
+            registered = len(r.json()["models"])
+            update(f"{registered}/{len(self.names)} models")
+            if registered == len(self.names):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the gateway did not apply its fleet file in {timeout:g} s:\n{self.gateway.log_tail()}")
 
     # -- traffic --
 
@@ -730,12 +401,14 @@ class Demo:
         else:
             lines.append("  capacity      max held at once: not sampled")
         warm_p50, cold_p50 = (percentile(sorted(r.latency for r in rs), 0.5) for rs in (warm, cold))
+        warm_p99 = percentile(sorted(r.latency for r in warm), 0.99)  # loads next door must not reach it
         if errors:
             lines.append(f"  result        FAILED: {len(errors)} wrong or failed answers (see errors above)")
         else:
             lines.append(
                 f"  result        OK: {len(served)} models answered through one URL with {self.slots} slots, "
-                f"no answer wrong; median warm {fmt_latency(warm_p50)}, cold {fmt_latency(cold_p50)}"
+                f"no answer wrong; median warm {fmt_latency(warm_p50)} (p99 {fmt_latency(warm_p99)}), "
+                f"cold {fmt_latency(cold_p50)}"
             )
         lines.append(f"  every request is in {self.opts.workdir / 'requests.csv'}, the logs next to it")
         return lines
@@ -796,6 +469,17 @@ class Demo:
             return
         with self.console.step("stopping the gateway, the Triton servers and Redis"):
             self.stack.stop()
+
+
+def write_fleet(path: Path, stack: LocalStack, names: Sequence[str], capacity: int) -> Path:
+    """The demo's fleet file: both Tritons as backends and every model, for `modelyard serve --config`."""
+    backends = [
+        {"id": f"triton-{i}", "kind": "triton", "url": t.url, "grpc_url": t.grpc_url, "capacity": {"models": capacity}}
+        for i, t in enumerate(stack.tritons)
+    ]
+    models = [{"name": name, "runtime": "triton"} for name in names]
+    path.write_text(yaml.safe_dump({"backends": backends, "models": models}, sort_keys=False))
+    return path
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:

@@ -42,7 +42,8 @@ class GatewayProcess:
         self.log_path = workdir / f"gateway-{self.http_port}.log"
         self.args = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
         self.args += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
-        self.args += ["--redis-url", redis_url] if redis_url else []
+        # The embedded Redis keeps its state in the workdir, not in the folder the tests or the demo run from.
+        self.args += ["--redis-url", redis_url] if redis_url else [f"--data-dir={workdir / '.modelyard'}"]
         # `--flag=value`: a token may start with '-' (token_urlsafe does, 1 in 32), which argparse would take
         # for a flag in the two-word form.
         self.args += [f"--admin-token={token}", f"--redis-prefix={prefix}", *extra]

@@ -24,8 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.compose import register
 from gateway.cli import build_parser
+from gateway.ctl.fleet import Fleet, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -409,7 +409,7 @@ def test_depends_on_names_services_with_the_right_kind_of_condition(services: di
 
 def test_long_running_services_have_health_checks(services: dict[str, Any]) -> None:
     one_shot = {d for s in services.values() for d, c in depends_on(s).items() if c == "service_completed_successfully"}
-    one_shot.add("register")
+    one_shot |= {name for name, s in services.items() if s.get("restart") == "no"}  # jobs nothing waits for
     for name, service in services.items():
         if name not in one_shot:
             assert (service.get("healthcheck") or {}).get("test"), f"{name} has no health check"
@@ -483,37 +483,34 @@ def test_volumes_exist(compose: dict[str, Any], services: dict[str, Any]) -> Non
                 assert source in named, f"{name} uses volume {source}, not declared under `volumes:`"
 
 
-def test_registration_job_targets_compose_services(services: dict[str, Any]) -> None:
-    job = services["register"]
-    env = environment(job)
-    gateway_url = urlsplit(env["GATEWAY_URL"])
-    assert gateway_url.hostname == "gateway"
-    assert gateway_url.port in gateway_ports(services["gateway"])
-    assert env["MODELYARD_ADMIN_TOKEN"] == environment(services["gateway"])["MODELYARD_ADMIN_TOKEN"]
-    script = bind_mount_source(job, as_list(job["entrypoint"])[-1])
-    assert script.resolve() == Path(register.__file__).resolve()
-    assert depends_on(job).get("gateway") == "service_healthy"
+def compose_fleet(services: dict[str, Any]) -> Fleet:
+    """The fleet file the compose gateway applies at start (MODELYARD_CONFIG, bind-mounted from the repository)."""
+    gateway = services["gateway"]
+    return load_fleet(str(bind_mount_source(gateway, environment(gateway)["MODELYARD_CONFIG"])))
 
-    for backend_id, backend in register.BACKENDS.items():
+
+def test_the_gateways_fleet_file_targets_compose_services(services: dict[str, Any]) -> None:
+    fleet = compose_fleet(services)  # also checks the file as `modelyard serve --config` will
+    for backend_id, backend in fleet.backends.items():
         for address in (backend["url"], "grpc://" + backend["grpc_url"]):
             parts = urlsplit(address)
             assert parts.hostname in services, f"backend {backend_id}: {parts.hostname} is no compose service"
             host = services[parts.hostname]
             assert parts.port in listening_ports(parts.hostname, host), f"backend {backend_id}: {address}"
-            assert depends_on(job).get(parts.hostname) == "service_healthy", f"register before {parts.hostname}?"
         image = str(services[urlsplit(backend["url"]).hostname or ""]["image"])
         expected_image = {"triton": "tritonserver", "tfserving": "tensorflow/serving"}[backend["kind"]]
         assert expected_image in image, f"backend {backend_id} is a {backend['kind']}, but its service runs {image}"
-    assert {b["kind"] for b in register.BACKENDS.values()} == {"triton", "tfserving"}
+    assert {b["kind"] for b in fleet.backends.values()} == {"triton", "tfserving"}
 
 
-def test_registered_models_exist_where_their_sources_say(services: dict[str, Any]) -> None:
+def test_the_fleets_models_exist_where_their_sources_say(services: dict[str, Any]) -> None:
+    fleet = compose_fleet(services)
     init = services["minio-init"]
     seed = bind_mount_source(init, "/seed")
     init_script = " ".join(as_list(init.get("command")))
-    runtimes = {b["kind"] for b in register.BACKENDS.values()}
-    tfs_models = {name for name, m in register.MODELS.items() if m["runtime"] == "tfserving"}
-    for name, model in register.MODELS.items():
+    runtimes = {b["kind"] for b in fleet.backends.values()}
+    tfs_models = {name for name, m in fleet.models.items() if m["runtime"] == "tfserving"}
+    for name, model in fleet.models.items():
         assert model["runtime"] in runtimes, f"model {name}: no backend of runtime {model['runtime']}"
         source = model["source"]
         if source is not None:
@@ -528,7 +525,7 @@ def test_registered_models_exist_where_their_sources_say(services: dict[str, Any
     assert tfs_models == {maker.MODEL_NAME}
     job = services["tfs-example-model"]
     volume = next(str(v).split(":")[0] for v in job["volumes"] if str(v).split(":")[1] == as_list(job["command"])[-1])
-    base_path = next(b["model_base_path"] for b in register.BACKENDS.values() if b["kind"] == "tfserving")
+    base_path = next(b["model_base_path"] for b in fleet.backends.values() if b["kind"] == "tfserving")
     assert f"{volume}:{base_path}:ro" in services["tfserving"]["volumes"]
 
 
@@ -789,6 +786,23 @@ def test_triton_statefulset(manifests: list[dict[str, Any]]) -> None:
         get = container[probe]["httpGet"]
         assert get["path"] == "/v2/health/live", "Triton's /v2/health/ready is 400 while models load"
         assert ports.get(get["port"], get["port"]) == http_port
+
+
+def test_gateway_applies_a_fleet_file_of_the_triton_pods(manifests: list[dict[str, Any]], tmp_path: Path) -> None:
+    container = gateway_container(manifests)
+    config = Path(container_env(manifests, container)["MODELYARD_CONFIG"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config.parent))
+    volume = next(
+        v for v in find(manifests, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
+    text = find(manifests, "ConfigMap", volume["configMap"]["name"])["data"][config.name]
+    (tmp_path / config.name).write_text(text)
+    fleet = load_fleet(str(tmp_path / config.name))  # as `modelyard serve --config` checks it
+    triton = find(manifests, "StatefulSet", "triton")
+    pods = {f"triton-{i}.{triton['spec']['serviceName']}" for i in range(triton["spec"]["replicas"])}
+    ports = {p["name"]: p["containerPort"] for p in triton["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {urlsplit(b["url"]).netloc for b in fleet.backends.values()} == {f"{p}:{ports['http']}" for p in pods}
+    assert {b["grpc_url"] for b in fleet.backends.values()} == {f"{p}:{ports['grpc']}" for p in pods}
 
 
 def test_kustomization_image_is_the_gateway_image(manifests: list[dict[str, Any]]) -> None:

@@ -1,6 +1,6 @@
 """The compose stack's own code and models, run for real where this machine can: no Docker needed.
 
-- `deploy/compose/register.py` against a real `modelyard serve` (embedded Redis).
+- `deploy/compose/fleet.yaml` applied by `modelyard apply` to a real `modelyard serve` (embedded Redis).
 - The example Triton model `add1` loaded into the local stack's real Triton (skipped without the nvidia-pytriton
   wheel).
 - `deploy/compose/tfserving/make_example_model.py` run with the dev environment's TensorFlow, in a subprocess so
@@ -23,12 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.compose import register
 from deploy.localstack import TritonNotFoundError, TritonServer, find_triton, free_port
 from deploy.localstack.stack import GatewayProcess
+from gateway.ctl.fleet import load_fleet
+from gateway.ctl.main import main as modelyard
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "deploy-test-token"
+FLEET = REPO / "deploy" / "compose" / "fleet.yaml"
 
 
 @pytest.fixture
@@ -39,38 +41,36 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     process.stop()
 
 
-def test_register_script_registers_backends_and_models_idempotently(
-    gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch
+def test_the_compose_fleet_file_applies_idempotently(
+    gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("GATEWAY_URL", gateway.url)
-    monkeypatch.setenv("MODELYARD_ADMIN_TOKEN", TOKEN)
-    assert register.main() == 0
-    assert register.main() == 0  # a second run changes nothing
+    fleet = load_fleet(str(FLEET))
+    apply = ["apply", "-f", str(FLEET), "--url", gateway.url, "--token", TOKEN]
+    assert modelyard(apply) == 0
+    assert capsys.readouterr().out.count(" created") == fleet.count()
+    assert modelyard(apply) == 0  # a second run changes nothing
+    assert capsys.readouterr().out.count(" unchanged") == fleet.count()
 
     headers = {"Authorization": f"Bearer {TOKEN}"}
     backends = httpx.get(f"{gateway.url}/admin/backends", headers=headers).json()["backends"]
-    assert {b["id"] for b in backends} == set(register.BACKENDS)
+    assert {b["id"] for b in backends} == set(fleet.backends)
     for backend in backends:
-        expected = register.BACKENDS[backend["id"]]
-        assert (backend["kind"], backend["url"], backend["grpc_url"]) == (
+        expected = fleet.backends[backend["id"]]
+        assert (backend["kind"], backend["url"], backend["grpc_url"], backend["capacity"]) == (
             expected["kind"],
             expected["url"],
             expected["grpc_url"],
+            expected["capacity"],
         )
-        assert backend["capacity"]["models"] == expected["capacity"]["models"]
     models = httpx.get(f"{gateway.url}/admin/models", headers=headers).json()["models"]
     assert {m["name"]: (m["runtime"], m["source"]) for m in models} == {
-        name: (m["runtime"], m["source"]) for name, m in register.MODELS.items()
+        name: (m["runtime"], m["source"]) for name, m in fleet.models.items()
     }
 
 
-def test_register_script_fails_loudly_on_a_wrong_token(
-    gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GATEWAY_URL", gateway.url)
-    monkeypatch.setenv("MODELYARD_ADMIN_TOKEN", "wrong")
-    with pytest.raises(SystemExit, match="401"):
-        register.main()
+def test_applying_with_a_wrong_token_fails_loudly(gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    assert modelyard(["apply", "-f", str(FLEET), "--url", gateway.url, "--token", "wrong"]) == 1
+    assert "(401)" in capsys.readouterr().err
 
 
 def test_add1_triton_model_answers_x_plus_one(tmp_path: Path) -> None:
@@ -128,7 +128,8 @@ def test_tf_example_model_is_a_servable_saved_model(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["name"] in register.MODELS and register.MODELS[result["name"]]["runtime"] == "tfserving"
+    models = load_fleet(str(FLEET)).models
+    assert result["name"] in models and models[result["name"]]["runtime"] == "tfserving"
     assert result["x"] == ["float32", [None]]
     assert result["y"] == [2.0, 3.0, 4.0]
     assert "saved_model.pb" in result["files"]

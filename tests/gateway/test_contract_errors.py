@@ -200,3 +200,30 @@ def test_a_version_that_is_not_a_number_is_400_and_never_reaches_a_backend(
     admin.put("/admin/models/m", json={"runtime": "triton"})
     for version in ("1%0d%0aX-Injected:%201", "1%20x", "abc"):
         _error(httpx.post(f"{gw.url}/v2/models/m/versions/{version}/infer", json={}), 400, "version must be a positive")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "fragment"),
+    [
+        ("GET", "/%ff%fe", 404, "no such path"),
+        ("GET", "/nothing/here", 404, "no such path /nothing/here"),
+        ("DELETE", "/v2", 405, "DELETE is not allowed on /v2; use GET"),
+        ("POST", "/v2/health/live", 405, "use GET"),
+        ("POST", "/readyz", 405, "POST is not allowed on /readyz"),
+        ("PATCH", "/admin/models/m", 405, "PATCH is not allowed on /admin/models/m"),
+        ("GET", "/admin/nothing", 404, "no such path /admin/nothing"),
+        ("GET", "/admin/models?limit=many", 400, "limit"),
+        ("GET", "/v1/other", 404, "no such path"),
+    ],
+)
+def test_unknown_paths_methods_and_parameters_answer_in_the_contracts_shape(
+    admin: httpx.Client, method: str, path: str, status: int, fragment: str
+) -> None:
+    r = admin.request(method, path)
+    _error(r, status, fragment)
+    assert "detail" not in r.json()
+
+
+def test_readiness_says_ready_with_the_last_sync(gw: GatewayProcess) -> None:
+    body = httpx.get(f"{gw.url}/readyz").json()
+    assert body["status"] == "ready" and body["redis"] == "up" and body["last_sync"] > 0

@@ -7,6 +7,7 @@ behaviour is checked end to end, on counts and on which model and backend answer
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 import tritonclient.grpc as triton_grpc
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
@@ -118,11 +120,24 @@ def test_a_route_changed_through_one_gateway_reaches_another(
     first, second = start_gateway(), start_gateway()
     stack.register(capacity=4, models=["m033", "m034"])
     c = client(second)
+    # Created through one gateway, callable through the other as soon as the admin call returned: a name the
+    # second has not heard of yet is looked up in Redis before a 404 (no waiting for the pub/sub event).
+    assert put_route(stack, first, "live", {"splits": [{"model": "m033", "weight": 1}]}).status_code == 200
+    assert infer(c, "live", 1.0).headers["x-modelyard-model"] == "m033"
+    # The same when the event never comes (written to Redis without one, as a lost pub/sub message would be):
+    # without the lookup this is a 404 every time.
+    prefix = next(a.split("=", 1)[1] for a in second.args if a.startswith("--redis-prefix="))
+    spec = {"name": "quiet", "splits": [{"model": "m034", "weight": 1}], "shadows": []}
+    with redis.Redis.from_url(stack.redis.url) as r:
+        r.hset(f"{prefix}:routes", "quiet", json.dumps(spec))
+    assert infer(c, "quiet", 2.0).headers["x-modelyard-model"] == "m034"
+    assert metric(second, 'modelyard_name_lookups_total{result="found"}') >= 1
+    # Changes to a route it knows reach it by event.
 
     def answers(model: str) -> Callable[[], bool]:
         return lambda: infer(c, "live", 1.0).headers["x-modelyard-model"] == model
 
-    for target in ("m033", "m034", "m033"):
+    for target in ("m034", "m033"):
         assert put_route(stack, first, "live", {"splits": [{"model": target, "weight": 1}]}).status_code == 200
         eventually(answers(target))
 

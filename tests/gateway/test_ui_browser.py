@@ -65,7 +65,7 @@ def wait_shown(browser: Browser, want: Callable[[dict[str, Any]], bool], timeout
 def test_the_page_shows_each_backends_models_and_follows_loads_and_evictions(
     stack: LocalStack, start_gateway: StartGateway, new_loads: Callable[[], list[str]], chromium: str, tmp_path: Path
 ) -> None:
-    gw = start_gateway()
+    gw = start_gateway("--eviction", "lru")  # the page marks the least recently used copy as next to go
     stack.register(capacity=1, models=["m030", "m031", "m032"])  # two Tritons, one slot each
     first = call(gw, "m030")
     second = call(gw, "m031")

@@ -1,0 +1,291 @@
+"""Warm requests while the same Triton loads and evicts other models: warm p99 with and without churn.
+
+    .venv/bin/python -m loadtests.churn [--rate 40] [--requests 800] [--rounds 3] [--json out.json]
+    make bench-churn ARGS='--rounds 3 --json /tmp/churn.json'
+
+What it does:
+- starts a LocalStack: a real redis-server, two Triton servers from the nvidia-pytriton wheel, and two
+  `modelyard serve` processes with registries of their own (Redis key prefixes): `grpc` has Triton 0 registered
+  with its `grpc_url` (model control over gRPC, the default whenever a backend has one), `http` has Triton 1
+  registered without one (model control over Triton's HTTP repository API, as before issue 12);
+- each backend holds 3 models (`capacity.models: 3`): the warm model `m001`, and two of the churn models;
+- phases, in `--rounds` rounds in rotating order: `quiet-grpc`, `churn-grpc`, `quiet-http`, `churn-http`. Each
+  sends `--requests` warm requests at `--rate` per second, open loop from a timer thread, latency from the
+  *scheduled* send time (loadtests.overhead's client), every answer checked (200, from m001, right output);
+  during a `churn-*` phase a thread sends, every `--churn-interval` seconds, a request to the next churn model
+  (m002, m003, m004, m005, m002, ...) on the same gateway: it is cold, so the gateway evicts the least recently
+  used churn model (m001 is in constant use) and loads it on the same Triton, a load and an eviction per cycle;
+- a warm request that fails is counted, not fatal, in `churn-http` phases: with control over HTTP the warm model
+  can look idle while its requests wait behind a load, and get evicted; in other phases any wrong answer stops
+  the run;
+- reports warm p50/p99 per phase kind, the churn cycles done (each must have been cold) and the ratio
+  churn p99 / quiet p99 per control protocol (the issue's target: within 2x over gRPC).
+
+The machines have 2 cores shared with other work: compare phases within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deploy.localstack.stack import GatewayProcess, LocalStack
+from loadtests.harness import (
+    Phase,
+    Target,
+    code_version,
+    http_request,
+    loadavg,
+    machine_info,
+    percentile,
+    pool_for,
+    raise_on_errors,
+    run_loop,
+    run_phase,
+    summarize,
+)
+from loadtests.overhead import (
+    MODEL,
+    check_phase,
+    request_body,
+    warm,
+)
+
+CHURN_MODELS = ("m002", "m003", "m004", "m005")
+MODELS = ("m000", "m001", *CHURN_MODELS)
+# The warm model and two churn models: a load evicts the churn model used longest ago, never the warm one (its use
+# reaches Redis in batches, every 0.5 s, so with one churn slot the one just loaded could look more recent).
+CAPACITY = 3
+KINDS = ("quiet-grpc", "churn-grpc", "quiet-http", "churn-http")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loadtests.churn", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=40.0, help="warm requests per second, open loop")
+    p.add_argument("--requests", type=int, default=800, help="warm requests per phase")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the four phases, in rotating order")
+    p.add_argument("--churn-interval", type=float, default=1.5, help="seconds between churn cycles")
+    p.add_argument("--values", type=int, default=16, help="FP32 values per warm request")
+    p.add_argument("--json", type=Path, help="write the whole result here")
+    p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Churn:
+    """Cold requests to the churn models, one every `interval` seconds, from a thread, until stopped."""
+
+    url: str
+    interval: float
+    start_index: int = 0
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="churn", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        body = request_body(1)[0]
+        i = self.start_index
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                name = CHURN_MODELS[i % len(CHURN_MODELS)]
+                r = client.post(f"/v2/models/{name}/infer", content=body, headers={"content-type": "application/json"})
+                self.cycles.append(
+                    {
+                        "model": name,
+                        "status": r.status_code,
+                        "cold": r.headers.get("x-modelyard-cold") == "1",
+                        "seconds": round(time.monotonic() - began, 3),
+                    }
+                )
+                i += 1
+                self._stop.wait(max(0.0, began + self.interval - time.monotonic()))
+
+
+def register(stack: LocalStack, gw: GatewayProcess, triton: int, grpc_control: bool) -> None:
+    t = stack.tritons[triton]
+    spec: dict[str, Any] = {"kind": "triton", "url": t.url, "capacity": {"models": CAPACITY}}
+    if grpc_control:
+        spec["grpc_url"] = t.grpc_url
+    with stack.admin(gw) as admin:
+        admin.put(f"/admin/backends/triton-{triton}", json=spec).raise_for_status()
+        for name in MODELS:
+            admin.put(f"/admin/models/{name}", json={"runtime": "triton"}).raise_for_status()
+
+
+async def measure(
+    targets: dict[str, Target], gateways: dict[str, GatewayProcess], args: argparse.Namespace, expected: list[float]
+) -> dict[str, Any]:
+    phases: dict[str, list[Phase]] = {k: [] for k in KINDS}
+    cycles: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+    failed: dict[str, list[str]] = {k: [] for k in KINDS}
+    rounds: list[dict[str, Any]] = []
+    next_churn = {"grpc": 0, "http": 0}
+    for target in targets.values():
+        await target.pool.top_up(4)
+        raise_on_errors(check_phase(await run_phase(target, 100, args.rate), expected))
+    for r in range(args.rounds):
+        order = list(KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)])
+        summary: dict[str, Any] = {"round": r + 1, "order": order, "phases": {}}
+        for kind in order:
+            protocol = kind.split("-")[1]
+            target = targets[protocol]
+            await target.pool.top_up(4)
+            churn = None
+            if kind.startswith("churn"):
+                churn = Churn(gateways[protocol].url, args.churn_interval, next_churn[protocol])
+                churn.start()
+            try:
+                ph = await run_phase(target, args.requests, args.rate)
+            finally:
+                if churn is not None:
+                    churn.stop()
+            errors = check_phase(ph, expected)
+            if kind != "churn-http":
+                raise_on_errors(errors)
+            failed[kind] += errors
+            if churn is not None:
+                next_churn[protocol] += len(churn.cycles)
+                cycles[kind] += churn.cycles
+                bad = [c for c in churn.cycles if c["status"] != 200]
+                if bad and kind != "churn-http":
+                    raise SystemExit(f"{kind}: churn requests failed: {bad[:5]}")
+            phases[kind].append(ph)
+            s = sorted(ph.latency_ms)
+            summary["phases"][kind] = {
+                "p50": round(percentile(s, 50), 3),
+                "p99": round(percentile(s, 99), 3),
+                "churn_cycles": len(churn.cycles) if churn is not None else 0,
+                "failed": len(errors),
+            }
+            print(
+                f"round {r + 1}/{args.rounds} {kind:<11} warm p50 {percentile(s, 50):8.2f} ms  "
+                f"p99 {percentile(s, 99):8.2f} ms  churn cycles {summary['phases'][kind]['churn_cycles']}",
+                file=sys.stderr,
+            )
+        rounds.append(summary)
+    for target in targets.values():
+        target.pool.close()
+    await asyncio.sleep(0.05)
+    results: dict[str, Any] = {}
+    for kind in KINDS:
+        lat = [x for ph in phases[kind] for x in ph.latency_ms]
+        results[kind] = {
+            "requests": len(lat),
+            "failed": len(failed[kind]),
+            "failures": failed[kind][:5],
+            "latency_ms": summarize(lat),
+        }
+        if kind.startswith("churn"):
+            c = cycles[kind]
+            results[kind]["churn"] = {
+                "cycles": len(c),
+                "cold": sum(1 for x in c if x["cold"]),
+                "cycle_seconds_median": sorted(x["seconds"] for x in c)[len(c) // 2] if c else None,
+            }
+    ratios = {
+        p: round(results[f"churn-{p}"]["latency_ms"]["p99"] / results[f"quiet-{p}"]["latency_ms"]["p99"], 2)
+        for p in ("grpc", "http")
+    }
+    return {"results": results, "p99_churn_over_quiet": ratios, "rounds": rounds}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelyard-churn-"))
+    body, expected = request_body(args.values)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = loadavg()
+    code = code_version()  # now: the gateway processes load this code as they start
+    with LocalStack(workdir, list(MODELS), tritons=2) as stack:
+        gateways = {"grpc": stack.add_gateway(prefix="churngrpc"), "http": stack.add_gateway(prefix="churnhttp")}
+        register(stack, gateways["grpc"], 0, grpc_control=True)
+        register(stack, gateways["http"], 1, grpc_control=False)
+        path = f"/v2/models/{MODEL}/infer"
+        targets = {}
+        for protocol, gw in gateways.items():
+            warm(gw.url, path, body, expected, f"{MODEL} through the {protocol} gateway")
+            targets[protocol] = Target(
+                protocol, gw.url, pool_for(gw.url), http_request(gw.url, path, body), [gw.proc.pid] if gw.proc else []
+            )
+        measured = run_loop(measure(targets, gateways, args, expected))
+        warm_loads = {}
+        for protocol, gw in gateways.items():
+            with stack.admin(gw) as admin:
+                warm_loads[protocol] = admin.get(f"/admin/models/{MODEL}").raise_for_status().json()["loads"]
+        if warm_loads["grpc"] != 1:
+            raise SystemExit(f"the warm model was loaded {warm_loads['grpc']} times with gRPC control: it was evicted")
+    return {
+        "benchmark": "churn",
+        "started": started,
+        "machine": machine_info(),
+        "code": code,
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "setup": {
+            "rate": args.rate,
+            "requests_per_phase": args.requests,
+            "rounds": args.rounds,
+            "churn_interval_s": args.churn_interval,
+            "values": args.values,
+            "capacity_models": CAPACITY,
+            "warm_model_loads": warm_loads,
+        },
+        **measured,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"churn benchmark, commit {result['code']['commit']}, {result['machine']['cores']} cores, "
+        f"load average {result['loadavg_before']} -> {result['loadavg_after']}",
+        f"  {'phase':<12}{'requests':>9}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}{'max ms':>10}  churn",
+    ]
+    for kind, r in result["results"].items():
+        lat = r["latency_ms"]
+        churn = r.get("churn")
+        extra = f"  {churn['cycles']} cycles ({churn['cold']} cold)" if churn else ""
+        extra += f", {r['failed']} warm requests failed" if r["failed"] else ""
+        lines.append(
+            f"  {kind:<12}{r['requests']:>9}{lat['p50']:>10.2f}{lat['p99']:>10.2f}{lat['p99.9']:>10.2f}"
+            f"{lat['max']:>10.1f}{extra}"
+        )
+    lines.append(f"  loads of the warm model per gateway: {result['setup']['warm_model_loads']}")
+    ratios = result["p99_churn_over_quiet"]
+    lines.append(
+        f"  warm p99 churn / quiet: grpc control {ratios['grpc']}x, http control {ratios['http']}x (target <= 2x)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

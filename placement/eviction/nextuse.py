@@ -1,0 +1,36 @@
+"""Predicted next use (`--eviction nextuse`): Belady's rule with the future estimated from each model's arrivals.
+
+Belady's MIN evicts the copy asked for again furthest in the future; the size-aware version weighs that by the
+bytes held and the load it would take to bring the copy back. This policy does the same with the next use
+*predicted* from the model's learned mean gap between requests (`placement.arrivals`, shared by all gateways
+through Redis): it evicts the copy holding the most byte-seconds, expected, per second of load it would cost,
+i.e. the lowest `cost / (remaining * size)`. A model seen once has no gap yet and waits for nothing in
+particular: it is predicted far off (probation). A copy younger than `min_residency` seconds goes only when
+nothing else can (anti-thrash: the requests that waited for its load are served first).
+"""
+
+from __future__ import annotations
+
+from placement.arrivals import keep_value, remaining
+from placement.clock import Clock
+from placement.eviction.base import EvictionCandidate, rank_by_score
+
+
+class PredictedNextUse:
+    name = "nextuse"
+
+    def __init__(self, clock: Clock, *, min_residency: float = 0.5, use_size: bool = True) -> None:
+        self._clock = clock
+        self.min_residency = min_residency
+        self.use_size = use_size
+
+    def score(self, candidate: EvictionCandidate) -> float:
+        c = candidate
+        idle = max(0.0, self._clock.now() - max(c.last_used, c.loaded_at))
+        return keep_value(c.load_seconds, c.memory_bytes if self.use_size else 0, remaining(c.mean_gap, idle))
+
+    def rank(self, candidates: list[EvictionCandidate]) -> list[EvictionCandidate]:
+        return rank_by_score(candidates, self.score, self._clock.now(), self.min_residency)
+
+    def evicted(self, candidate: EvictionCandidate) -> None:
+        pass
