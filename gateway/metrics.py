@@ -266,6 +266,11 @@ class Metrics:
             ["backend"],
             IDLE_BUCKETS,
         )
+        self.ejections = self._counter(
+            "modelyard_backend_ejections",
+            "Times this gateway's data plane ejected a backend from its rotation (failures in a row).",
+            ["backend"],
+        )
         # -- routes, retries, hedges, shadows (gateway.dataplane and its helpers move these) ------------------
         self.retries = self._counter(
             "modelyard_retries",
