@@ -845,11 +845,6 @@ class RedisStore:
         res = await self._adopt_held(keys=[*keys, f"{self.p}:lastused"], args=[model, now, self.events, bid])
         return _s(res)
 
-
-def version() -> int:
-    """A record's version: wall-clock milliseconds of the writer (see the module docstring for the limits)."""
-    return time.time_ns() // 1_000_000
-
     # -- rollouts and route statistics (placement.rollout, placement.route_stats) ---------------------------
     def k_rstat(self, route: str) -> str:
         return f"{self.p}:rstat:{route}"
@@ -940,6 +935,11 @@ def version() -> int:
             ],
         )
         return _s(res)
+
+
+def version() -> int:
+    """A record's version: wall-clock milliseconds of the writer (see the module docstring for the limits)."""
+    return time.time_ns() // 1_000_000
 
 
 def _s(v: Any) -> str:
