@@ -1,0 +1,52 @@
+"""Redis killed, restarted with its data or empty, and paused, under warm and cold traffic through two gateways."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.faults.conftest import CAPACITY, MODELS, FaultStack, offset, wait_for
+from tests.faults.recorder import CapacitySampler, Counts, Traffic
+
+WARM = MODELS[:2]
+COLD = MODELS[2:8]
+
+
+def run_outage(s: FaultStack, fault: str) -> tuple[Counts, Counts, float]:
+    """Warm and cold traffic through two gateways across one Redis fault; returns (warm, cold, seconds to whole)."""
+    a, b = s.add_gateway(), s.add_gateway()
+    s.register()
+    s.warm(*WARM)
+    urls = [a.url, b.url]
+    with CapacitySampler(s.tritons) as sampler:
+        with Traffic(urls, WARM, offset) as warm, Traffic(urls, COLD, offset, threads=1) as cold:
+            warm.wait_requests(20)
+            if fault == "pause":
+                s.redis.pause()
+                warm.wait_requests(20)
+                time.sleep(4.0)  # the fault's own duration: Redis paused 4 s
+                s.redis.resume()
+            else:
+                s.redis.kill()
+                if fault == "empty":
+                    s.redis.wipe()
+                warm.wait_requests(40)  # warm traffic keeps flowing while Redis is gone
+                s.redis.start()
+            took = wait_for("accounting equals the Tritons", s.accounting_matches, timeout=30)
+            warm.wait_requests(20)
+            cold.wait_requests(3)
+    assert all(p <= CAPACITY for p in sampler.peak), f"capacity exceeded: {sampler.peak}"
+    return warm.counts, cold.counts, took
+
+
+@pytest.mark.parametrize("fault", ["with-data", "empty", "pause"])
+def test_redis_fault_under_traffic(faults: FaultStack, fault: str) -> None:
+    warm, cold, took = run_outage(faults, fault)
+    print(f"\nredis {fault}: warm {warm}; cold {cold}; accounting whole {took:.1f} s after Redis answered")
+    assert warm.bad == 0, warm.examples
+    assert warm.retriable == 0, "warm models are served from the view during an outage"
+    assert cold.bad == 0, cold.examples
+    assert cold.ok > 0
+    # a cold request during the outage may get a prompt 503 (about one per second per client at most)
+    assert cold.retriable <= 40, cold
