@@ -20,6 +20,7 @@ from deploy.localstack.stack import GatewayProcess
 from deploy.localstack.triton import TritonServer, free_port
 from tests.faults.procs import FaultRedis
 from tests.faults.proxy import FaultProxy
+from tests.faults.recorder import correct, infer_body
 
 MODELS = [*demo_model_names(8), "slowload"]
 TOKEN = "faults-admin-token"
@@ -105,12 +106,30 @@ class FaultStack:
         return {e["name"] for e in index if e.get("state") == "READY"}
 
     def placement_ready(self, gw: GatewayProcess) -> dict[str, set[str]]:
+        """Per backend, the models `gw`'s /admin/placement lists as ready."""
         with self.admin(gw) as admin:
             r = admin.get("/admin/placement", timeout=2)
         r.raise_for_status()
         return {
             b: {m["name"] for m in rec["models"] if m["state"] == "ready"} for b, rec in r.json()["backends"].items()
         }
+
+    def placement_states(self, gw: GatewayProcess, state: str) -> set[str]:
+        """Models with a copy in `state` anywhere, as `gw` sees it."""
+        with self.admin(gw) as admin:
+            backends = admin.get("/admin/placement", timeout=2).json()["backends"]
+        return {m["name"] for rec in backends.values() for m in rec["models"] if m["state"] == state}
+
+    def fresh_gateway_agrees(self, models: list[str]) -> float:
+        """A new gateway, which knows only what Redis holds, agrees with the Tritons and serves `models`:
+        proof that Redis itself is whole again, not just the old gateways' views. Returns the seconds it took."""
+        gw = self.add_gateway()
+        took = wait_for("a fresh gateway's accounting equals the Tritons", self.accounting_matches, timeout=20)
+        for name in models:
+            r = httpx.post(f"{gw.url}/v2/models/{name}/infer", json=infer_body([1.0]), timeout=20)
+            assert r.status_code == 200, f"{name} via a fresh gateway: {r.status_code} {r.text}"
+            assert correct(r.json(), name, [1.0 + offset(name)]), r.text
+        return took
 
     def accounting_matches(self) -> bool:
         """Every gateway's /admin/placement lists, per backend, exactly the models its Triton reports READY."""

@@ -24,16 +24,24 @@ def infer_body(values: list[float]) -> dict[str, object]:
     return {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [len(values)], "data": values}]}
 
 
+def correct(data: dict[str, object], model: str, expected: list[float]) -> bool:
+    """The answer came from `model`: it names itself, and its output is the input plus that model's offset."""
+    outputs = {o["name"]: o for o in data["outputs"]}  # type: ignore[attr-defined]
+    return bool(outputs["MODEL_NAME"]["data"] == [model] and outputs["OUTPUT0"]["data"] == expected)
+
+
 @dataclass
 class Counts:
     ok: int = 0
     retriable: int = 0
     bad: int = 0
+    slowest_retriable: float = 0.0  # seconds: a 503 during an outage should come promptly, not at a timeout
     kinds: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"ok={self.ok} retriable={self.retriable} bad={self.bad} {dict(self.kinds)}"
+        slowest = f" slowest retriable {self.slowest_retriable:.2f} s" if self.retriable else ""
+        return f"ok={self.ok} retriable={self.retriable} bad={self.bad} {dict(self.kinds)}{slowest}"
 
 
 class Traffic:
@@ -85,8 +93,10 @@ class Traffic:
         c = self.counts
         return c.ok + c.retriable + c.bad
 
-    def _record(self, kind: str, what: str, detail: str = "") -> None:
+    def _record(self, kind: str, what: str, detail: str = "", took: float = 0.0) -> None:
         with self._lock:
+            if kind == "retriable":
+                self.counts.slowest_retriable = max(self.counts.slowest_retriable, took)
             setattr(self.counts, kind, getattr(self.counts, kind) + 1)
             self.counts.kinds[what] += 1
             if kind == "bad" and len(self.counts.examples) < 5:
@@ -102,6 +112,7 @@ class Traffic:
                 gw, model = next(pairs)
                 n += 1
                 values = [float(n), float(i)]
+                start = time.monotonic()
                 try:
                     r = client.post(f"{gw}/v2/models/{model}/infer", json=infer_body(values))
                 except httpx.TimeoutException as exc:
@@ -110,23 +121,25 @@ class Traffic:
                 except httpx.HTTPError as exc:
                     self._record("bad", "connection", f"{model} via {gw}: {exc!r}")
                     continue
-                self._classify(r, model, values)
-                self._stop.wait(self.pause)
+                retry_after = self._classify(r, model, values, time.monotonic() - start)
+                # a well-behaved client honours Retry-After (capped: the test's clients are impatient)
+                self._stop.wait(min(retry_after, 1.0) if retry_after else self.pause)
 
-    def _classify(self, r: httpx.Response, model: str, values: list[float]) -> None:
+    def _classify(self, r: httpx.Response, model: str, values: list[float], took: float) -> float:
+        """Records the answer; returns the Retry-After seconds it asked for (0: none)."""
         if r.status_code == 200:
-            outputs = {o["name"]: o for o in r.json()["outputs"]}
-            expected = [v + self.offset(model) for v in values]
-            if outputs["MODEL_NAME"]["data"] == [model] and outputs["OUTPUT0"]["data"] == expected:
+            if correct(r.json(), model, [v + self.offset(model) for v in values]):
                 self._record("ok", "200")
             else:
-                self._record("bad", "wrong answer", f"{model}: {outputs}")
-        elif r.status_code == 503 and r.headers.get("retry-after"):
-            self._record("retriable", "503+Retry-After")
+                self._record("bad", "wrong answer", f"{model}: {r.text}")
+        elif r.status_code == 503 and r.headers.get("retry-after", "").isdigit():
+            self._record("retriable", "503+Retry-After", took=took)
+            return float(r.headers["retry-after"])
         elif r.status_code == 504:
-            self._record("retriable", "504")
+            self._record("retriable", "504", took=took)
         else:
             self._record("bad", str(r.status_code), f"{model}: {r.text}")
+        return 0.0
 
 
 class CapacitySampler:

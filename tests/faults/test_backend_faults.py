@@ -26,6 +26,7 @@ def test_triton_killed_then_restarted_empty(faults: FaultStack) -> None:
         victim.start()
         took = wait_for("accounting equals the Tritons", s.accounting_matches, timeout=30)
         t.wait_requests(20)
+    s.fresh_gateway_agrees(models)
     c = t.counts
     print(f"\ntriton killed: {c}; dead copies dropped after {dropped:.1f} s; whole {took:.1f} s after restart")
     assert all(p <= CAPACITY for p in sampler.peak), sampler.peak
