@@ -17,8 +17,8 @@ import pytest
 
 from deploy.localstack.models import demo_model_names, write_model_repository
 from deploy.localstack.stack import GatewayProcess
-from deploy.localstack.triton import TritonServer, free_port
-from tests.faults.procs import FaultRedis
+from deploy.localstack.triton import TritonServer
+from tests.faults.procs import FaultRedis, stable_port
 from tests.faults.proxy import FaultProxy
 from tests.faults.recorder import correct, infer_body
 
@@ -147,9 +147,9 @@ def fault_parts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     tritons = [
         TritonServer(
             workdir / "models",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
+            http_port=stable_port(),
+            grpc_port=stable_port(),
+            metrics_port=stable_port(),
             log_path=workdir / f"triton-{i}.log",
             exit_timeout=1,
         )

@@ -4,6 +4,7 @@ come back with its data, or be wiped to come back empty) and the signals sent to
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -11,14 +12,30 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.embedded_redis import free_port, redis_server_binary
+from gateway.embedded_redis import redis_server_binary
+
+
+def stable_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999 by default), for a server the test restarts on
+    the same port. In the ephemeral range, a client that keeps reconnecting to the dead server's port can be
+    given that very port as its own and connect to itself (TCP simultaneous open), and the restart then fails
+    with 'Address already in use': seen here with a killed Triton and the gateways' gRPC reconnects."""
+    for _ in range(100):
+        port = random.randrange(20000, 32700)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class FaultRedis:
     """One redis-server on 127.0.0.1 with `appendonly yes, appendfsync always` in `data_dir`; stopped by pid."""
 
     def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
+        self.port = stable_port()
         self.data_dir = data_dir
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
