@@ -122,7 +122,8 @@ class FaultStack:
 
     def fresh_gateway_agrees(self, models: list[str]) -> float:
         """A new gateway, which knows only what Redis holds, agrees with the Tritons and serves `models`:
-        proof that Redis itself is whole again, not just the old gateways' views. Returns the seconds it took."""
+        proof that Redis itself is whole again, not just the old gateways' views. Returns the seconds from its
+        readiness until its accounting matched."""
         gw = self.add_gateway()
         took = wait_for("a fresh gateway's accounting equals the Tritons", self.accounting_matches, timeout=20)
         for name in models:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import httpx
 import pytest
 
-from tests.faults.conftest import CAPACITY, FaultStack, offset, wait_for
+from tests.faults.conftest import CAPACITY, LEASE_TTL, FaultStack, offset, wait_for
 from tests.faults.procs import signal_process
 from tests.faults.recorder import CapacitySampler, Traffic, infer_body
 
@@ -46,9 +47,11 @@ def test_lease_holder_dies_or_pauses(faults: FaultStack, fault: str) -> None:
         )
         sig = signal.SIGKILL if fault == "sigkill" else signal.SIGSTOP
         signal_process(holder.proc, sig)
+        paused = time.monotonic()
         with Traffic([other.url], ["slowload"], offset, threads=2, deadline=40) as t:
             t.wait_requests(10, timeout=60)
             if fault == "sigstop":
+                time.sleep(max(0.0, LEASE_TTL + 1.0 - (time.monotonic() - paused)))  # the fault: paused past its lease
                 signal_process(holder.proc, signal.SIGCONT)
                 t.wait_requests(10)
         if fault == "sigkill":
