@@ -33,6 +33,7 @@ def run_outage(s: FaultStack, fault: str) -> tuple[Counts, Counts, float, float]
                 if fault == "empty":
                     s.redis.wipe()
                 warm.wait_requests(40)  # warm traffic keeps flowing while Redis is gone
+                cold.wait_requests(2)  # and cold requests get answered (a prompt 503), not hung
                 s.redis.start()
             took = wait_for("accounting equals the Tritons", s.accounting_matches, timeout=30)
             warm.wait_requests(20)
