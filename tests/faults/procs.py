@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.embedded_redis import redis_server_binary
+from gateway.embedded_redis import _die_with_parent, redis_server_binary
 
 
 def stable_port() -> int:
@@ -50,7 +50,12 @@ class FaultRedis:
         args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # an interrupted test run leaves no redis-server behind
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
