@@ -89,6 +89,14 @@ class Traffic:
             assert time.monotonic() < end, f"traffic stalled: {self.counts}"
             time.sleep(0.05)
 
+    def wait_ok(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until `n` more correct answers were recorded."""
+        target = self.counts.ok + n
+        end = time.monotonic() + timeout
+        while self.counts.ok < target:
+            assert time.monotonic() < end, f"no {n} correct answers within {timeout:g} s: {self.counts}"
+            time.sleep(0.05)
+
     def total(self) -> int:
         c = self.counts
         return c.ok + c.retriable + c.bad

@@ -7,14 +7,16 @@ import time
 from tests.faults.conftest import CAPACITY, MODELS, FaultStack, offset, wait_for
 from tests.faults.recorder import CapacitySampler, Traffic
 
+THREADS = 2
+
 
 def test_triton_killed_then_restarted_empty(faults: FaultStack) -> None:
     s = faults
     a, b = s.add_gateway(), s.add_gateway()
     s.register()
-    models = MODELS[:3]
+    models = MODELS[:2]  # both fit on the survivor: what clients see is the fault, not eviction churn
     s.warm(*models)
-    with CapacitySampler(s.tritons) as sampler, Traffic([a.url, b.url], models, offset) as t:
+    with CapacitySampler(s.tritons) as sampler, Traffic([a.url, b.url], models, offset, threads=THREADS) as t:
         t.wait_requests(20)
         victim = s.tritons[1]
         victim.kill()
@@ -31,7 +33,10 @@ def test_triton_killed_then_restarted_empty(faults: FaultStack) -> None:
     print(f"\ntriton killed: {c}; dead copies dropped after {dropped:.1f} s; whole {took:.1f} s after restart")
     assert all(p <= CAPACITY for p in sampler.peak), sampler.peak
     assert c.bad == 0, c.examples
-    assert c.retriable <= 10, c
+    # each client honours Retry-After (1 s): about one 503 per second per client while the dead copies are still
+    # listed, then one load elsewhere
+    bound = THREADS * (dropped + 3)
+    assert c.retriable <= bound, (c, bound)
 
 
 def test_slow_and_dropped_redis_connections(faults: FaultStack) -> None:
