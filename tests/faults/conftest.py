@@ -40,7 +40,13 @@ def offset(name: str) -> float:
     return float(MODELS.index(name))
 
 
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> float:
+def wait_for(
+    what: str,
+    cond: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    why: Callable[[], str] = lambda: "",
+) -> float:
     """Poll `cond` until truthy; returns the seconds it took. Errors from `cond` count as 'not yet'."""
     start = time.monotonic()
     last: object = None
@@ -51,7 +57,7 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float = 20.0, interval
         except Exception as exc:  # the thing is still down: not yet
             last = exc
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last error: {last!r})")
+            raise AssertionError(f"{what}: not within {timeout:g} s (last error: {last!r}) {why()}")
         time.sleep(interval)
 
 
@@ -63,6 +69,7 @@ class FaultStack:
     gateways: list[GatewayProcess] = field(default_factory=list)
     proxies: list[FaultProxy] = field(default_factory=list)
     prefix: str = ""
+    last_mismatch: str = ""  # what the last accounting comparison saw, for failure messages
 
     def loads(self) -> list[str]:
         try:
@@ -125,7 +132,7 @@ class FaultStack:
         proof that Redis itself is whole again, not just the old gateways' views. Returns the seconds from its
         readiness until its accounting matched."""
         gw = self.add_gateway()
-        took = wait_for("a fresh gateway's accounting equals the Tritons", self.accounting_matches, timeout=20)
+        took = wait_for("a fresh gateway's accounting equals the Tritons", self.accounting_matches, why=lambda: self.last_mismatch, timeout=20)
         for name in models:
             r = httpx.post(f"{gw.url}/v2/models/{name}/infer", json=infer_body([1.0]), timeout=20)
             assert r.status_code == 200, f"{name} via a fresh gateway: {r.status_code} {r.text}"
@@ -135,7 +142,9 @@ class FaultStack:
     def accounting_matches(self) -> bool:
         """Every gateway's /admin/placement lists, per backend, exactly the models its Triton reports READY."""
         truth = {f"triton-{i}": self.triton_ready(t) for i, t in enumerate(self.tritons)}
-        return all(self.placement_ready(gw) == truth for gw in self.gateways if gw.proc is not None)
+        views = {gw.url: self.placement_ready(gw) for gw in self.gateways if gw.proc is not None}
+        self.last_mismatch = f"Tritons READY {truth}; gateways' ready copies {views}"
+        return all(v == truth for v in views.values())
 
 
 @pytest.fixture(scope="package")
