@@ -132,12 +132,18 @@ class FaultStack:
         proof that Redis itself is whole again, not just the old gateways' views. Returns the seconds from its
         readiness until its accounting matched."""
         gw = self.add_gateway()
-        took = wait_for("a fresh gateway's accounting equals the Tritons", self.accounting_matches, why=lambda: self.last_mismatch, timeout=20)
+        took = self.wait_accounting(20)
         for name in models:
             r = httpx.post(f"{gw.url}/v2/models/{name}/infer", json=infer_body([1.0]), timeout=20)
             assert r.status_code == 200, f"{name} via a fresh gateway: {r.status_code} {r.text}"
             assert correct(r.json(), name, [1.0 + offset(name)]), r.text
         return took
+
+    def wait_accounting(self, timeout: float) -> float:
+        """Wait until `accounting_matches`; returns the seconds it took."""
+        return wait_for(
+            "accounting equals the Tritons", self.accounting_matches, timeout, why=lambda: self.last_mismatch
+        )
 
     def accounting_matches(self) -> bool:
         """Every gateway's /admin/placement lists, per backend, exactly the models its Triton reports READY."""

@@ -26,7 +26,7 @@ def test_triton_killed_then_restarted_empty(faults: FaultStack) -> None:
         dropped = time.monotonic() - killed
         t.wait_requests(30)
         victim.start()
-        took = wait_for("accounting equals the Tritons", s.accounting_matches, why=lambda: s.last_mismatch, timeout=30)
+        took = s.wait_accounting(30)
         t.wait_requests(20)
     s.fresh_gateway_agrees(models)
     c = t.counts
@@ -61,7 +61,7 @@ def test_slow_and_dropped_redis_connections(faults: FaultStack) -> None:
         time.sleep(2.0)  # the fault's own duration: Redis unanswering 2 s
         proxy.forward()
         proxy.cut()
-        took = wait_for("accounting equals the Tritons", s.accounting_matches, why=lambda: s.last_mismatch, timeout=20)
+        took = s.wait_accounting(20)
         t.wait_requests(20)
     print(f"\nredis proxy faults: {t.counts}; whole {took:.1f} s after the link healed")
     assert all(p <= CAPACITY for p in sampler.peak), sampler.peak
@@ -86,7 +86,7 @@ def test_slow_and_dropped_triton_connections(faults: FaultStack) -> None:
         proxy.refuse()
         t.wait_requests(30)
         proxy.forward()
-        took = wait_for("accounting equals the Tritons", s.accounting_matches, why=lambda: s.last_mismatch, timeout=30)
+        took = s.wait_accounting(30)
         t.wait_requests(20)
     print(f"\ntriton proxy faults: {t.counts}; whole {took:.1f} s after the link healed")
     assert all(p <= CAPACITY for p in sampler.peak), sampler.peak

@@ -57,7 +57,7 @@ def test_lease_holder_dies_or_pauses(faults: FaultStack, fault: str) -> None:
         if fault == "sigkill":
             holder.proc = None
             s.gateways.remove(holder)
-        took = wait_for("accounting equals the Tritons", s.accounting_matches, why=lambda: s.last_mismatch, timeout=30)
+        took = s.wait_accounting(30)
     loads = [n for n in s.loads()[mark:] if n == "slowload"]
     print(f"\nlease holder {fault}: {t.counts}; slowload loaded {len(loads)}x; accounting whole after {took:.1f} s")
     assert all(p <= CAPACITY for p in sampler.peak), sampler.peak

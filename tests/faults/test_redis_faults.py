@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.faults.conftest import CAPACITY, MODELS, FaultStack, offset, wait_for
+from tests.faults.conftest import CAPACITY, MODELS, FaultStack, offset
 from tests.faults.recorder import CapacitySampler, Counts, Traffic
 
 WARM = MODELS[:2]
@@ -45,7 +45,7 @@ def run_outage(s: FaultStack, fault: str) -> tuple[Counts, Counts, float, float]
             back = time.monotonic()
             cold.wait_ok(2)  # the cold path works again
             cold.stop()  # loads and evictions settle, so the Tritons' index holds still for the comparison
-            wait_for("accounting equals the Tritons", s.accounting_matches, why=lambda: s.last_mismatch, timeout=30)
+            s.wait_accounting(30)
             took = time.monotonic() - back
             warm.wait_requests(20)
         fresh = s.fresh_gateway_agrees(WARM)
