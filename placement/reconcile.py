@@ -181,6 +181,14 @@ class Reconciler:
                     log.warning("finished an unload of %s on %s left for %.0f s", c.model, bid, age)
             elif (
                 c.state is CopyState.LOADING
+                and c.model in holding
+                and await self.store.lease_holder(c.model) is None
+                and await self.store.commit(bid, c.model, c.token, now, orphan=True) == "ok"
+            ):
+                # Its gateway lost Redis (or died) after the backend finished the load: keep the ready model.
+                log.warning("%s holds %s, whose load lost its gateway: its copy is ready", bid, c.model)
+            elif (
+                c.state is CopyState.LOADING
                 and age > max(self.settings.load_timeout, self.settings.stuck_after)
                 and await self.store.lease_holder(c.model) is None
             ):

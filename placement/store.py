@@ -111,10 +111,15 @@ redis.call('HSET', copies, model, cjson.encode(c))
 return 'ok'
 """
 
+# ARGV[6] 'orphan': the copy's load lost its gateway (no lease is held) and the backend holds the model ready,
+# so reconciliation commits it for the gone gateway instead of unloading a model that is serving-ready.
 _COMMIT = """
 local copies, lease, mkey, lru, lastused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local model, token, now, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('GET', lease) ~= token then return 'fenced' end
+local holder = redis.call('GET', lease)
+if ARGV[6] == 'orphan' then
+  if holder then return 'leased' end
+elseif holder ~= token then return 'fenced' end
 local cur = redis.call('HGET', copies, model)
 if not cur then return 'lost' end
 local c = cjson.decode(cur)
@@ -563,7 +568,9 @@ class RedisStore:
         res = await self._adopt(keys=[self.k_copies(bid), self.k_lease(model)], args=[model, token])
         return _s(res)
 
-    async def commit(self, bid: str, model: str, token: int, now: float) -> str:
+    async def commit(self, bid: str, model: str, token: int, now: float, orphan: bool = False) -> str:
+        """Mark a loading copy ready: 'ok', 'fenced' (the lease moved on) or 'lost' (the copy changed). With
+        `orphan`, for a load whose gateway is gone: only while nobody holds the model's lease ('leased')."""
         self._count("script")
         res = await self._commit(
             keys=[
@@ -573,7 +580,7 @@ class RedisStore:
                 self.k_lru(bid),
                 f"{self.p}:lastused",
             ],
-            args=[model, token, now, self.events, bid],
+            args=[model, token, now, self.events, bid, "orphan" if orphan else ""],
         )
         return _s(res)
 

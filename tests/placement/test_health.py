@@ -111,3 +111,27 @@ async def test_a_backend_the_data_plane_found_refusing_is_dropped_at_the_leaders
     leader.view.reachable["b1"] = False  # what DataPlane does on a refused connection
     await leader.reconciler.check_health()
     assert await leader.store.copies_on("b1") == []
+
+
+async def test_a_load_whose_gateway_lost_redis_is_kept_ready_when_the_backend_holds_it(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend], clock: FakeClock
+) -> None:
+    """A load finished on the backend while its gateway could not reach Redis to commit it (or died): the copy is
+    left `loading` with no lease behind it. Reconciliation commits it as ready (no reload, no unload); a copy left
+    loading that the backend does not hold is still removed after the load timeout."""
+    placer = await make_placer(load_timeout=5.0)
+    await register(placer, backends, {"b1": 3}, [triton("done"), triton("never")])
+    for name in ("done", "never"):
+        token = await placer.store.lease_try(name, 60_000)
+        assert token is not None
+        assert await placer.store.reserve("b1", name, 0, token, clock.now()) == "ok"
+        await placer.store.r.delete(placer.store.k_lease(name))  # its gateway is gone: the lease lapsed
+    backends["b1"].held.add("done")  # the backend finished this one
+    await placer.reconciler.reconcile()
+    states = {c.model: c.state for c in await placer.store.copies_on("b1")}
+    assert states == {"done": CopyState.READY, "never": CopyState.LOADING}
+    assert backends["b1"].loads == [] and backends["b1"].unloads == []
+    clock.advance(placer.settings.stuck_after + 1)
+    await placer.reconciler.reconcile()
+    assert {c.model: c.state for c in await placer.store.copies_on("b1")} == {"done": CopyState.READY}
+    assert backends["b1"].unloads == ["never"]
