@@ -37,7 +37,7 @@ from adapters.errors import (
     BackendUnloadError,
     ModelNotLoaded,
 )
-from adapters.grpc_forward import GrpcForwarder
+from adapters.grpc_forward import GrpcForwarder, GrpcStream
 from adapters.http_forward import error_text, forward_http, make_client
 from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
@@ -282,14 +282,21 @@ class TritonAdapter:
             )
         return resp
 
-    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+    def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> GrpcStream:
+        """A `ModelStreamInfer` stream to this Triton (`adapters.base.StreamingAdapter`)."""
+        return self._grpc_forwarder().stream(method, headers, timeout)
+
+    def _grpc_forwarder(self) -> GrpcForwarder:
         if self._grpc is None:
             raise BackendUnavailable(
                 f"backend {self.backend_id} has no gRPC endpoint: register it with a grpc_url "
                 f"(PUT /admin/backends/{self.backend_id}) to serve gRPC requests",
                 self.backend_id,
             )
-        resp = await self._grpc.call(request.method, request.body, request.headers, request.timeout)
+        return self._grpc
+
+    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+        resp = await self._grpc_forwarder().call(request.method, request.body, request.headers, request.timeout)
         if resp.status == 0:
             return resp
         if (resp.status in _GRPC_NOT_LOADED_CODES and _means_not_loaded(resp.details)) or (

@@ -166,7 +166,7 @@ class DataPlane:
         route = self.placer.view.routes.get(call.name)
         seq = _sequence(call)
         if seq is not None:
-            return await self._call_sequence(call, route, seq)
+            return await self._call_sequence(call, seq)
         model = self.resolve(call.name, call.header)
         self.obs.resolved(call.name, model)
         self._check_protocol(call, model)
@@ -183,31 +183,43 @@ class DataPlane:
             self._shadow(call, route, answer)
         return answer
 
-    async def _call_sequence(self, call: Call, route: RouteSpec | None, seq: SequenceFlags) -> Answer:
-        """A request of a sequence: on the route's model and the copy the sequence hashes or is pinned to.
-
-        No hedge, no retry on another copy, no shadow: the sequence's state lives in one copy only."""
+    async def place(self, call: Call, seq: SequenceFlags | None = None) -> tuple[str, str, bool]:
+        """(model, backend, cold) for one request that is not hedged or retried: a sequence's request or a
+        stream's message. Resolves a route (by the sequence id, for a sequence), checks the protocol, picks the
+        sequence's copy or a warm one, and waits for a load when there is none (until the call's deadline)."""
+        route = self.placer.view.routes.get(call.name)
         header = call.header
-        if route is not None and header(_SEQUENCE_KEY) is None:
+        if route is not None and seq is not None and header(_SEQUENCE_KEY) is None:
             # Every request of the sequence resolves the route to the same model, on every gateway.
             route = replace(route, sticky_header=_SEQUENCE_KEY)
             header = _with_sequence(call.header, seq.id)
-        model = (
-            self.resolve(call.name, header)
-            if route is None
-            else self.router.choose(route, header, self.placer.view.models)
-        )
+        if route is None:
+            model = self.resolve(call.name, header)
+        else:
+            model = self.router.choose(route, header, self.placer.view.models)
         self.obs.resolved(call.name, model)
         self._check_protocol(call, model)
-        backend = self.affinity.choose(model, seq, self.placer.view.ready_backends(model))
-        cold = backend is None
-        if backend is None:
-            await self._cold(model, call.deadline)
-            backend = self.affinity.choose(model, seq, self.placer.view.ready_backends(model))
+        backend = self._choose(model, seq)
+        if backend is not None:
+            self.obs.hit(model, backend)
+            return model, backend, False
+        backend = await self._cold(model, call.deadline)
+        if seq is not None:
+            backend = self._choose(model, seq)
             if backend is None:  # loaded and gone again at once: the client retries
                 raise ModelNotLoaded(f"model {model!r} was unloaded as soon as it was loaded; retry")
-        else:
-            self.obs.hit(model, backend)
+        return model, backend, True
+
+    def _choose(self, model: str, seq: SequenceFlags | None) -> str | None:
+        if seq is None:
+            return self.placer.warm_backend(model)
+        return self.affinity.choose(model, seq, self.placer.view.ready_backends(model))
+
+    async def _call_sequence(self, call: Call, seq: SequenceFlags) -> Answer:
+        """A request of a sequence, on the copy the sequence hashes or is pinned to (`place`).
+
+        No hedge, no retry on another copy, no shadow: the sequence's state lives in one copy only."""
+        model, backend, cold = await self.place(call, seq)
         try:
             resp = await self._forward(call, model, backend)
         except ModelNotLoaded:
