@@ -30,8 +30,9 @@ Contract (edge cases included; placement relies on each line):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +132,12 @@ class StreamingAdapter(Protocol):
     """
 
     def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> BackendStream: ...
+
+
+@runtime_checkable
+class HttpStreamingAdapter(Protocol):
+    """Optional, for adapters whose backends answer some HTTP requests as a stream (Triton's
+    `generate_stream`): `stream_http(request)` is an async context manager giving the answer's status and
+    headers, then its body chunk by chunk as the backend writes it (`adapters.http_stream.StreamedResponse`)."""
+
+    def stream_http(self, request: ForwardRequest) -> AbstractAsyncContextManager[Any]: ...

@@ -23,6 +23,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +40,7 @@ from adapters.errors import (
 )
 from adapters.grpc_forward import GrpcForwarder, GrpcStream
 from adapters.http_forward import error_text, forward_http, make_client
+from adapters.http_stream import StreamedResponse, stream_http
 from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
 from adapters.upstream import UpstreamPool
@@ -267,13 +269,7 @@ class TritonAdapter:
                 f"backend {self.backend_id} is a Triton server and speaks KServe v2, not {request.protocol}",
                 self.backend_id,
             )
-        # Quoted again: the front end un-quoted them, and a raw space or CR/LF would break (or inject into) the
-        # request line the upstream pool writes.
-        path = f"/v2/models/{quote(request.model, safe='')}"
-        if request.version:
-            path += f"/versions/{quote(request.version, safe='')}"
-        if request.op:
-            path += f"/{request.op}"
+        path = _model_path(request)
         resp = await forward_http(self._pool, self._client, self.backend_id, self.url, path, request)
         if resp.status in (400, 404, 503) and _means_not_loaded(error_text(resp.body)):
             raise ModelNotLoaded(
@@ -281,6 +277,10 @@ class TritonAdapter:
                 self.backend_id,
             )
         return resp
+
+    def stream_http(self, request: ForwardRequest) -> AbstractAsyncContextManager[StreamedResponse]:
+        """A KServe HTTP request whose answer is relayed as it comes (`generate_stream`'s server-sent events)."""
+        return stream_http(self._client, self.backend_id, f"{self.url}{_model_path(request)}", request)
 
     def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> GrpcStream:
         """A `ModelStreamInfer` stream to this Triton (`adapters.base.StreamingAdapter`)."""
@@ -314,6 +314,17 @@ class TritonAdapter:
                 self.backend_id,
             )
         return resp
+
+
+def _model_path(request: ForwardRequest) -> str:
+    """`/v2/models/{model}[/versions/{v}][/{op}]`. Quoted again: the front end un-quoted them, and a raw space
+    or CR/LF would break (or inject into) the request line the upstream pool writes."""
+    path = f"/v2/models/{quote(request.model, safe='')}"
+    if request.version:
+        path += f"/versions/{quote(request.version, safe='')}"
+    if request.op:
+        path += f"/{request.op}"
+    return path
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from adapters.errors import ModelyardError
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, to_http
+from gateway.http_stream import relay_stream
 from gateway.metrics import Metrics
 from gateway.routing import HeaderLookup
 from placement.errors import UnknownModel
@@ -38,7 +39,15 @@ FORWARD_HEADERS = frozenset(
         "triton-grpc-protocol-infer-header",
     }
 )
-KSERVE_OPS = {"infer": "POST", "ready": "GET", "": "GET", "config": "GET", "stats": "GET"}
+KSERVE_OPS = {
+    "infer": "POST",
+    "ready": "GET",
+    "": "GET",
+    "config": "GET",
+    "stats": "GET",
+    "generate": "POST",  # Triton's generate extension
+    "generate_stream": "POST",  # its server-sent events, relayed as they come (gateway.http_stream)
+}
 TFSERVING_OPS = {"predict": "POST", "classify": "POST", "regress": "POST", "": "GET", "metadata": "GET"}
 SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
@@ -94,6 +103,9 @@ class HttpDataPlane:
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
             headers = forward_headers(scope)
             call = Call(protocol, method, name, version, op, body, headers, header=header_lookup(scope))
+            if op == "generate_stream":
+                status, req.backend = await relay_stream(self.dp, call, receive, send)
+                return
             answer = await self.dp.call(call)
             status = answer.response.status
             req.backend = answer.backend  # the copy that answered (a hedge's, when it won)

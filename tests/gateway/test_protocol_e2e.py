@@ -8,11 +8,13 @@ when it loads it), so the stack's own model list stays as other tests count it.
 
 from __future__ import annotations
 
+import json
 import queue
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -82,6 +84,21 @@ def test_stream_infer_relays_each_decoupled_response_as_it_is_produced(
     finally:
         client.stop_stream()
         client.close()
+    # The generate extension over HTTP: each server-sent event is relayed as it is produced, as above.
+    with httpx.Client(base_url=gw.url, timeout=60) as http:
+        with http.stream("POST", f"/v2/models/{DECOUPLED}/generate_stream", json={"INPUT0": [3.0]}) as events:
+            assert events.status_code == 200 and events.headers["x-modelyard-backend"].startswith("triton-")
+            assert events.headers["content-type"].startswith("text/event-stream")
+            got = []
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    got.append(json.loads(line[5:])["OUTPUT0"])
+                    (gates / f".{len(got)}").touch()  # a request without an id gates on ".<i>"
+        assert got == [0.0, 1.0, 2.0]
+        answer = http.post("/v2/models/m001/generate", json={"INPUT0": [1.0, 2.0]})
+        assert answer.status_code == 200 and answer.json()["OUTPUT0"] == [2.0, 3.0], answer.text
+        missing = http.post("/v2/models/nope/generate_stream", json={"INPUT0": [1.0]})
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
 
 def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
