@@ -319,6 +319,8 @@ class TritonAdapter:
 def _model_path(request: ForwardRequest) -> str:
     """`/v2/models/{model}[/versions/{v}][/{op}]`. Quoted again: the front end un-quoted them, and a raw space
     or CR/LF would break (or inject into) the request line the upstream pool writes."""
+    if not request.model:  # the server's own calls about all models (`GET /v2/models/stats`)
+        return f"/v2/models/{request.op}"
     path = f"/v2/models/{quote(request.model, safe='')}"
     if request.version:
         path += f"/versions/{quote(request.version, safe='')}"

@@ -35,6 +35,7 @@ import grpc.aio
 from adapters.errors import ModelyardError
 from adapters.protowire import WireError, encode_bool, encode_string, replace_string, string_fields
 from adapters.tfserving_proto.messages import MODEL_SERVICE, PREDICTION_SERVICE, read_model_spec, rewrite_model_name
+from gateway import refusals, repository
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, NotReady, NotSupported, grpc_status, to_grpc
 from gateway.grpc_stream import STREAM_OP, StreamRelay
@@ -160,15 +161,9 @@ def _server_metadata(_: DataPlane) -> bytes:
 
 
 _KSERVE = Forward("kserve-grpc", read_kserve_model, rewrite_kserve_model)
-_REPOSITORY = (
-    "the model repository API is not exposed by the gateway: models are loaded on demand; "
-    "use the admin API (POST /admin/models/{name}/load, GET /admin/placement) instead"
-)
-_SHARED_MEMORY = (
-    "shared-memory regions can't be registered through the gateway (they live on one backend's host and "
-    "the gateway chooses the backend); send tensors in the request"
-)
-_OPERATOR = "not exposed by the gateway: set it on the backends themselves"
+_REPOSITORY = refusals.REPOSITORY
+_SHARED_MEMORY = refusals.SHARED_MEMORY
+_OPERATOR = refusals.OPERATOR
 
 SERVICES: dict[str, dict[str, Method]] = {
     KSERVE_SERVICE: {
@@ -181,7 +176,7 @@ SERVICES: dict[str, dict[str, Method]] = {
         "ModelConfig": _KSERVE,
         "ModelStatistics": _KSERVE,
         "ModelStreamInfer": Stream(read_kserve_model, rewrite_kserve_model),
-        "RepositoryIndex": Refuse(_REPOSITORY),
+        "RepositoryIndex": Local(lambda dp: repository.encode_index(repository.index(dp.placer.view))),
         "RepositoryModelLoad": Refuse(_REPOSITORY),
         "RepositoryModelUnload": Refuse(_REPOSITORY),
         "SystemSharedMemoryStatus": Refuse(_SHARED_MEMORY),

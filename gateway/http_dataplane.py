@@ -13,10 +13,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from adapters.errors import ModelyardError
+from gateway import repository
 from gateway.dataplane import Answer, Call, DataPlane
-from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, to_http
+from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, NotSupported, to_http
 from gateway.http_stream import relay_stream
 from gateway.metrics import Metrics
+from gateway.refusals import http_refusal
 from gateway.routing import HeaderLookup
 from placement.errors import UnknownModel
 
@@ -49,7 +51,19 @@ KSERVE_OPS = {
     "generate_stream": "POST",  # its server-sent events, relayed as they come (gateway.http_stream)
 }
 TFSERVING_OPS = {"predict": "POST", "classify": "POST", "regress": "POST", "": "GET", "metadata": "GET"}
-SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+# Triton's extensions that work through the gateway, and only those (not: model_repository, whose load and
+# unload are the admin API's; system/cuda shared memory; logging; trace).
+EXTENSIONS = [
+    "classification",
+    "sequence",
+    "model_configuration",
+    "schedule_policy",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "generate",
+]
+SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": EXTENSIONS}
 
 
 class HttpDataPlane:
@@ -85,6 +99,10 @@ class HttpDataPlane:
                 op, status = "server_ready", 200 if self.dp.ready else 503
                 await _empty(send, status)
                 return
+            served = await self._gateway_wide(method, path, scope, receive, send)
+            if served is not None:
+                op, status = served
+                return
             if path.startswith("/v1/"):
                 protocol = "tfserving"
                 name, version, op = parse_tfserving_path(path)
@@ -118,6 +136,30 @@ class HttpDataPlane:
         finally:
             op = op or "metadata"
             self.obs.end(req, op, str(status), error, span_name(scope) if req.span is not None else "")
+
+    async def _gateway_wide(
+        self, method: str, path: str, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[str, int] | None:
+        """The calls about the whole gateway (repository index, statistics of all models) and the refused ones;
+        (op, status) when `path` is one of them, else None."""
+        why = http_refusal(path)
+        if why is not None:
+            raise NotSupported(why)
+        if path == "/v2/repository/index":
+            if method != "POST":
+                raise BadRequest(f"{method} is not allowed on {path}; use POST")
+            body = await read_body(scope, receive, self.max_body)
+            try:
+                ready = bool(json.loads(body or b"{}").get("ready", False))
+            except (ValueError, AttributeError):
+                raise BadRequest("the repository index request must be a JSON object") from None
+            await _json(send, 200, repository.index(self.dp.placer.view, ready))
+            return "repository_index", 200
+        if path.rstrip("/") == "/v2/models/stats" and method == "GET":
+            stats = await repository.all_stats(self.dp.placer, self.dp.settings.backend_timeout)
+            await _json(send, 200, stats)
+            return "stats", 200
+        return None
 
     async def _ready(self, send: Send, name: str, version: str | None, header: HeaderLookup) -> int:
         model = self.dp.resolve(name, header)

@@ -272,7 +272,6 @@ def test_repository_rpcs_are_refused_with_what_to_use_instead(start_gateway: Sta
     gw = start_gateway()
     client = triton_grpc.InferenceServerClient(gw.grpc_url)
     for call in (
-        client.get_model_repository_index,
         lambda: client.load_model("m000"),
         lambda: client.unload_model("m000"),
     ):

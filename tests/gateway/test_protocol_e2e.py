@@ -105,7 +105,7 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
     stack: LocalStack, start_gateway: StartGateway, gates: Path
 ) -> None:
     gateways = [start_gateway(), start_gateway()]
-    stack.register(capacity=4, models=[SEQUENCE], extra={SEQUENCE: {"min_copies": 2, "max_copies": 2}})
+    stack.register(capacity=4, models=[SEQUENCE, "m002"], extra={SEQUENCE: {"min_copies": 2, "max_copies": 2}})
     with stack.admin(gateways[0]) as admin:
         loaded = admin.post(f"/admin/models/{SEQUENCE}/load")
         assert loaded.status_code == 200, loaded.text
@@ -133,9 +133,23 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
                 )
                 assert float(result.as_numpy("OUTPUT0")[0]) == sum(steps[: k + 1]), f"sequence {seq} step {k}"
                 servers.setdefault(str(seq), set()).add(result.as_numpy("SERVER")[0].decode())
+        assert all(len(s) == 1 for s in servers.values()), servers
+        # Both copies took sequences (all 16 on one copy: 2 in 65536 if the hash spreads them).
+        assert set().union(*servers.values()) == {"triton-0", "triton-1"}
+        # The gateway as one Triton: its repository index, and statistics of all models merged over both copies.
+        want = [{"name": "m002", "state": "UNAVAILABLE"}, {"name": SEQUENCE, "state": "READY"}]
+        over_grpc = grpc[0].get_model_repository_index(as_json=True)["models"]
+        for index in (http[1].get_model_repository_index(), over_grpc):
+            assert [{k: e[k] for k in ("name", "state")} for e in index] == want
+            assert "loads it on its first request" in index[0]["reason"]
+        stats = {s["name"]: s for s in http[0].get_inference_statistics()["model_stats"]}
+        assert set(stats) == {SEQUENCE} and stats[SEQUENCE]["inference_count"] == len(ids) * len(steps)
+        assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == len(ids) * len(steps)
+        extensions = http[0].get_server_metadata()["extensions"]
+        assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
     finally:
         for c in [*http, *grpc]:
             c.close()
-    assert all(len(s) == 1 for s in servers.values()), servers
-    # Both copies took sequences (all 16 on one copy: 2 in 65536 if the hash spreads them).
-    assert set().union(*servers.values()) == {"triton-0", "triton-1"}
+    for path, why in (("/v2/systemsharedmemory/status", "shared-memory"), ("/v2/logging", "log settings")):
+        refused = httpx.get(gateways[0].url + path)
+        assert refused.status_code == 501 and why in refused.json()["error"]
