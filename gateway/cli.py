@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model and route names with a label of their own in /metrics: top:N (busiest N), a comma-separated "
         "list of names, or both (top:20,fraud-v3); the rest are counted as model=_other",
     )
+    add(
+        "--forward-headers",
+        "MODELYARD_FORWARD_HEADERS",
+        "",
+        help="regex of request headers passed on to the backend over HTTP (like Triton's "
+        "--http-header-forward-pattern); credentials and hop-by-hop headers only when named in it",
+    )
     return parser
 
 
@@ -120,6 +128,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         LabelPolicy.parse(args.metrics_models)
     except ValueError as exc:
         raise SystemExit(f"modelyard: --metrics-models: {exc}") from None
+    try:
+        re.compile(args.forward_headers)
+    except re.error as exc:
+        raise SystemExit(f"modelyard: --forward-headers is not a valid regex: {exc}") from None
     return Settings(
         host=args.host,
         http_port=args.http_port,
@@ -132,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level.lower(),
         log_format=args.log_format,
         metrics_models=args.metrics_models,
+        forward_headers=args.forward_headers,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,

@@ -16,6 +16,7 @@ from adapters.errors import ModelyardError
 from gateway import repository
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, BodyTooLarge, HttpError, NotReady, NotSupported, to_http
+from gateway.forward_headers import HeaderForwarding
 from gateway.http_stream import relay_stream
 from gateway.metrics import Metrics
 from gateway.refusals import http_refusal
@@ -72,6 +73,7 @@ class HttpDataPlane:
         self.metrics = metrics
         self.obs = dataplane.obs  # counts, times, traces and logs each request (gateway.observe)
         self.max_body = max_body_bytes
+        self.forwarding = HeaderForwarding(dataplane.settings.forward_headers)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -119,7 +121,7 @@ class HttpDataPlane:
                 status = await self._ready(send, name, version, header_lookup(scope))
                 return
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
-            headers = forward_headers(scope)
+            headers = forward_headers(scope, self.forwarding)
             call = Call(protocol, method, name, version, op, body, headers, header=header_lookup(scope))
             if op == "generate_stream":
                 status, req.backend = await relay_stream(self.dp, call, receive, send)
@@ -292,11 +294,11 @@ def header_lookup(scope: Scope) -> HeaderLookup:
     return get
 
 
-def forward_headers(scope: Scope) -> list[tuple[str, str]]:
+def forward_headers(scope: Scope, extra: HeaderForwarding | None = None) -> list[tuple[str, str]]:
     out = []
     for k, v in scope["headers"]:
         key = k.decode("latin-1")
-        if key in FORWARD_HEADERS:
+        if key in FORWARD_HEADERS or (extra is not None and extra.passes(key)):
             out.append((key, v.decode("latin-1")))
     return out
 
