@@ -84,6 +84,20 @@ def test_stream_infer_relays_each_decoupled_response_as_it_is_produced(
     finally:
         client.stop_stream()
         client.close()
+    # The client's deadline reaches the stream: a response that never comes ends it with DEADLINE_EXCEEDED.
+    late = triton_grpc.InferenceServerClient(gw.grpc_url)
+    late.start_stream(callback=lambda result, error: results.put((result, error)), stream_timeout=3.0)
+    try:
+        late.async_stream_infer(DECOUPLED, [_input(2.0)], request_id="late")
+        result, error = next_result()
+        assert error is None and float(result.as_numpy("OUTPUT0")[0]) == 0.0  # type: ignore[attr-defined]
+        result, error = next_result()
+        assert result is None and isinstance(error, InferenceServerException)
+        assert error.status() == "StatusCode.DEADLINE_EXCEEDED", error
+    finally:
+        (gates / "late.1").touch()  # frees the model's instance
+        late.stop_stream()
+        late.close()
     # The generate extension over HTTP: each server-sent event is relayed as it is produced, as above.
     with httpx.Client(base_url=gw.url, timeout=60) as http:
         with http.stream("POST", f"/v2/models/{DECOUPLED}/generate_stream", json={"INPUT0": [3.0]}) as events:
