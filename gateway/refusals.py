@@ -17,6 +17,8 @@ def http_refusal(path: str) -> str | None:
     """Why an HTTP path of Triton's protocol is refused by the gateway, or None when it isn't one of those.
 
     (Repository load and unload stay 404s that point to the admin API, from the KServe path parser.)"""
+    if path.startswith("/v2/models/") and not path.endswith("/trace/setting"):
+        return None  # the warm path: no split
     parts = path.rstrip("/").split("/")
     if parts[:2] != ["", "v2"] or len(parts) < 3:
         return None

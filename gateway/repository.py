@@ -88,6 +88,8 @@ def merge(a: Any, b: Any, key: str = "") -> Any:
     if isinstance(a, bool) or isinstance(b, bool):
         return a
     if isinstance(a, int | float) and isinstance(b, int | float):
+        if key == "batch_size":
+            return a
         return max(a, b) if key == "last_inference" else a + b
     if isinstance(a, dict) and isinstance(b, dict):
         return {k: merge(a[k], b[k], k) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
