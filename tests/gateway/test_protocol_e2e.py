@@ -157,7 +157,8 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
             assert [{k: e[k] for k in ("name", "state")} for e in index] == want
             assert "loads it on its first request" in index[0]["reason"]
         stats = {s["name"]: s for s in http[0].get_inference_statistics()["model_stats"]}
-        assert set(stats) == {SEQUENCE} and stats[SEQUENCE]["inference_count"] == len(ids) * len(steps)
+        # (Other registered models may be listed too: Triton keeps statistics of models loaded earlier.)
+        assert stats[SEQUENCE]["inference_count"] == len(ids) * len(steps), stats
         assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == len(ids) * len(steps)
         extensions = http[0].get_server_metadata()["extensions"]
         assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
