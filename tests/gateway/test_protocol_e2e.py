@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,10 +157,16 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
         for index in (http[1].get_model_repository_index(), over_grpc):
             assert [{k: e[k] for k in ("name", "state")} for e in index] == want
             assert "loads it on its first request" in index[0]["reason"]
-        stats = {s["name"]: s for s in http[0].get_inference_statistics()["model_stats"]}
-        # (Other registered models may be listed too: Triton keeps statistics of models loaded earlier.)
-        assert stats[SEQUENCE]["inference_count"] == len(ids) * len(steps), stats
-        assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == len(ids) * len(steps)
+        # (Other registered models may be listed too: Triton keeps statistics of models loaded earlier. Triton
+        # counts a request just after answering it: wait for the last one.)
+        total = len(ids) * len(steps)
+        deadline = time.monotonic() + 30
+        while True:
+            stats = {s["name"]: s for s in http[0].get_inference_statistics()["model_stats"]}
+            if stats[SEQUENCE]["inference_count"] >= total or time.monotonic() > deadline:
+                break
+        assert stats[SEQUENCE]["inference_count"] == total, stats
+        assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == total
         extensions = http[0].get_server_metadata()["extensions"]
         assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
     finally:
