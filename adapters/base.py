@@ -29,8 +29,10 @@ Contract (edge cases included; placement relies on each line):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +101,43 @@ class SourceAware(Protocol):
     than the current one (so `refresh` would swap it), False when it is current or not loaded there."""
 
     async def source_changed(self, model: LoadRequest) -> bool: ...
+
+
+class BackendStream(Protocol):
+    """One bidirectional gRPC stream to a backend (`StreamingAdapter.open_stream`), messages as raw bytes.
+
+    `write` sends a request message; `done_writing` half-closes (the backend finishes what it has and ends);
+    iterating yields each response message as it arrives, until the backend ends the stream; `status()` is then
+    (gRPC status number, details), 0 when it ended OK; `cancel` ends it at once, both ways.
+    """
+
+    async def write(self, message: bytes) -> None: ...
+
+    async def done_writing(self) -> None: ...
+
+    def responses(self) -> AsyncIterator[bytes]: ...
+
+    async def status(self) -> tuple[int, str]: ...
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingAdapter(Protocol):
+    """Optional, for adapters whose backends stream over gRPC (Triton's `ModelStreamInfer`).
+
+    `open_stream(method, headers, timeout)` opens a stream on the full method path with the client's metadata
+    worth passing on and a deadline (None: none but the backend's own). Raises `BackendUnavailable` when the
+    backend has no gRPC endpoint.
+    """
+
+    def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> BackendStream: ...
+
+
+@runtime_checkable
+class HttpStreamingAdapter(Protocol):
+    """Optional, for adapters whose backends answer some HTTP requests as a stream (Triton's
+    `generate_stream`): `stream_http(request)` is an async context manager giving the answer's status and
+    headers, then its body chunk by chunk as the backend writes it (`adapters.http_stream.StreamedResponse`)."""
+
+    def stream_http(self, request: ForwardRequest) -> AbstractAsyncContextManager[Any]: ...

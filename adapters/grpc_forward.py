@@ -11,7 +11,7 @@ The call's own deadline expiring raises `BackendTimeout`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import grpc.aio
@@ -49,6 +49,34 @@ def from_grpc_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> li
     return out
 
 
+class GrpcStream:
+    """A `grpc.aio` stream-stream call as an `adapters.base.BackendStream`: messages relayed as they come."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        self._call = call
+
+    async def write(self, message: bytes) -> None:
+        await self._call.write(message)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+    async def responses(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._call.read()
+            if message is grpc.aio.EOF:
+                return
+            assert isinstance(message, bytes)
+            yield message
+
+    async def status(self) -> tuple[int, str]:
+        code = await self._call.code()
+        return code.value[0], await self._call.details() or ""
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class GrpcForwarder:
     """Raw-bytes unary calls to one backend's gRPC endpoint `target` ("host:port")."""
 
@@ -58,15 +86,23 @@ class GrpcForwarder:
         self._channel: grpc.aio.Channel | None = None
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            # Created here, inside the running event loop it will serve.
+            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        return self._channel
+
     def _method(self, path: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
         method = self._methods.get(path)
         if method is None:
-            if self._channel is None:
-                # Created here, inside the running event loop it will serve.
-                self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
             # No serializers: the request and the response stay bytes.
-            method = self._methods[path] = self._channel.unary_unary(path)
+            method = self._methods[path] = self._open_channel().unary_unary(path)
         return method
+
+    def stream(self, path: str, metadata: Sequence[tuple[str, str]], timeout: float | None) -> GrpcStream:
+        """A bidirectional stream on `path`, on the backend's one channel (see `adapters.base.BackendStream`)."""
+        method: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self._open_channel().stream_stream(path)
+        return GrpcStream(method(metadata=to_grpc_metadata(metadata), timeout=timeout))
 
     async def call(
         self, path: str, body: bytes, metadata: Sequence[tuple[str, str]], timeout: float

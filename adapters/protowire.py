@@ -186,3 +186,38 @@ def replace_string(buf: bytes, number: int, value: str) -> bytes:
     for (_, end), nxt in zip(spans, [*spans[1:], (len(buf), len(buf))], strict=True):
         parts.append(buf[end : nxt[0]])
     return b"".join(parts)
+
+
+def _param_value(buf: Buffer, pos: int, end: int) -> str | bool | None:
+    """The value of a KServe `InferParameter` (bool, int64, string, double or uint64 choice) as text or bool."""
+    value: str | bool | None = None
+    for field, wire_type, _, payload, after in records(buf, pos, end):
+        if field == 1 and wire_type == VARINT:
+            value = bool(read_varint(buf, payload, after)[0])
+        elif field in (2, 5) and wire_type == VARINT:
+            number = read_varint(buf, payload, after)[0]
+            value = str(number - (1 << 64) if field == 2 and number >= 1 << 63 else number)
+        elif field == 3 and wire_type == LEN:
+            value = bytes(buf[payload:after]).decode("utf-8", "replace")
+    return value
+
+
+def map_parameters(buf: Buffer, number: int, keys: Container[str]) -> dict[str, str | bool | None]:
+    """Some entries of the top-level `map<string, InferParameter>` field `number` (KServe's `parameters`).
+
+    Only the map's entries are opened, and only those whose key is wanted; tensors are skipped by their length.
+    """
+    found: dict[str, str | bool | None] = {}
+    for _, wire_type, _, payload, end in records(buf, only=(number,)):
+        if wire_type != LEN:
+            raise WireError(f"field {number} has wire type {wire_type}, expected a map entry")
+        key: str | None = None
+        span: tuple[int, int] | None = None
+        for field, entry_type, _, inner, after in records(buf, payload, end):
+            if field == 1 and entry_type == LEN:
+                key = bytes(buf[inner:after]).decode("utf-8", "replace")
+            elif field == 2 and entry_type == LEN:
+                span = (inner, after)
+        if key is not None and key in keys:
+            found[key] = _param_value(buf, *span) if span is not None else None
+    return found

@@ -26,6 +26,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,8 +42,9 @@ from adapters.errors import (
     BackendUnloadError,
     ModelNotLoaded,
 )
-from adapters.grpc_forward import GrpcForwarder
+from adapters.grpc_forward import GrpcForwarder, GrpcStream
 from adapters.http_forward import error_text, forward_http, make_client
+from adapters.http_stream import StreamedResponse, stream_http
 from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
 from adapters.triton_control import ControlAnswer, TritonGrpcControl
@@ -314,13 +316,7 @@ class TritonAdapter:
                 f"backend {self.backend_id} is a Triton server and speaks KServe v2, not {request.protocol}",
                 self.backend_id,
             )
-        # Quoted again: the front end un-quoted them, and a raw space or CR/LF would break (or inject into) the
-        # request line the upstream pool writes.
-        path = f"/v2/models/{quote(request.model, safe='')}"
-        if request.version:
-            path += f"/versions/{quote(request.version, safe='')}"
-        if request.op:
-            path += f"/{request.op}"
+        path = _model_path(request)
         resp = await forward_http(self._pool, self._client, self.backend_id, self.url, path, request)
         if resp.status in (400, 404, 503) and _means_not_loaded(error_text(resp.body)):
             raise ModelNotLoaded(
@@ -329,14 +325,25 @@ class TritonAdapter:
             )
         return resp
 
-    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+    def stream_http(self, request: ForwardRequest) -> AbstractAsyncContextManager[StreamedResponse]:
+        """A KServe HTTP request whose answer is relayed as it comes (`generate_stream`'s server-sent events)."""
+        return stream_http(self._client, self.backend_id, f"{self.url}{_model_path(request)}", request)
+
+    def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> GrpcStream:
+        """A `ModelStreamInfer` stream to this Triton (`adapters.base.StreamingAdapter`)."""
+        return self._grpc_forwarder().stream(method, headers, timeout)
+
+    def _grpc_forwarder(self) -> GrpcForwarder:
         if self._grpc is None:
             raise BackendUnavailable(
                 f"backend {self.backend_id} has no gRPC endpoint: register it with a grpc_url "
                 f"(PUT /admin/backends/{self.backend_id}) to serve gRPC requests",
                 self.backend_id,
             )
-        resp = await self._grpc.call(request.method, request.body, request.headers, request.timeout)
+        return self._grpc
+
+    async def _forward_grpc(self, request: ForwardRequest) -> ForwardResponse:
+        resp = await self._grpc_forwarder().call(request.method, request.body, request.headers, request.timeout)
         if resp.status == 0:
             return resp
         if (resp.status in _GRPC_NOT_LOADED_CODES and _means_not_loaded(resp.details)) or (
@@ -354,6 +361,19 @@ class TritonAdapter:
                 self.backend_id,
             )
         return resp
+
+
+def _model_path(request: ForwardRequest) -> str:
+    """`/v2/models/{model}[/versions/{v}][/{op}]`. Quoted again: the front end un-quoted them, and a raw space
+    or CR/LF would break (or inject into) the request line the upstream pool writes."""
+    if not request.model:  # the server's own calls about all models (`GET /v2/models/stats`)
+        return f"/v2/models/{request.op}"
+    path = f"/v2/models/{quote(request.model, safe='')}"
+    if request.version:
+        path += f"/versions/{quote(request.version, safe='')}"
+    if request.op:
+        path += f"/{request.op}"
+    return path
 
 
 def _error_text(resp: httpx.Response) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "time; measured best in docs/benchmarks.md), gdsf (cost- and size-aware Greedy-Dual with frequency) or "
         "lru (plain least recently used)",
     )
+    add(
+        "--forward-headers",
+        "MODELYARD_FORWARD_HEADERS",
+        "",
+        help="regex of request headers passed on to the backend over HTTP (like Triton's "
+        "--http-header-forward-pattern); credentials and hop-by-hop headers only when named in it",
+    )
     return parser
 
 
@@ -157,6 +165,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         LabelPolicy.parse(args.metrics_models)
     except ValueError as exc:
         raise SystemExit(f"modelyard: --metrics-models: {exc}") from None
+    try:
+        re.compile(args.forward_headers)
+    except re.error as exc:
+        raise SystemExit(f"modelyard: --forward-headers is not a valid regex: {exc}") from None
     return Settings(
         host=args.host,
         http_port=args.http_port,
@@ -172,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         config=args.config or None,
         workers=workers,
+        forward_headers=args.forward_headers,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,
             load_timeout=args.load_timeout,

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry.context import Context
 
@@ -39,9 +39,11 @@ from gateway.hedging import HedgeBudget, LatencyWindow, RetryBudget, race
 from gateway.metrics import Metrics
 from gateway.observe import Observer
 from gateway.routing import HeaderLookup, Router, no_headers
+from gateway.sequences import grpc_sequence, http_sequence
 from gateway.settings import Settings
 from gateway.shadows import ShadowJob, Shadows
 from gateway.tracing import Tracing
+from placement.affinity import SequenceAffinity, SequenceFlags, SequenceLost
 from placement.errors import UnknownModel
 from placement.health import gateway_failure
 from placement.placer import Placer
@@ -64,6 +66,24 @@ REPEATABLE_OPS = frozenset({"infer", "predict", "classify", "regress", "ModelInf
 # gRPC status numbers that mean the backend failed, not the request: such an answer loses a hedge race.
 _GRPC_FAILED = frozenset({2, 4, 8, 13, 14})  # UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE
 _GRPC_UNAVAILABLE = 14
+
+
+_SEQUENCE_KEY = "x-modelyard-sequence"  # a route's sticky key for the requests of one sequence
+
+
+def _sequence(call: Call) -> SequenceFlags | None:
+    if call.op == "infer" and call.protocol == "kserve":
+        return http_sequence(call.body, call.header)
+    if call.op == "ModelInfer":
+        return grpc_sequence(call.body)
+    return None
+
+
+def _with_sequence(header: HeaderLookup, seq: str) -> HeaderLookup:
+    def get(name: str) -> str | None:
+        return seq if name == _SEQUENCE_KEY else header(name)
+
+    return get
 
 
 def _failed(protocol: str, status: int) -> bool:
@@ -132,6 +152,8 @@ class DataPlane:
         self._hedge_budgets: dict[str, HedgeBudget] = {}
         self._latencies: dict[str, LatencyWindow] = {}
         self._hedges = {r: metrics.hedges.labels(r) for r in ("sent", "won", "refused_budget", "no_copy")}
+        # Which copy each live sequence runs on (placement.affinity): never hedged, retried or moved.
+        self.affinity = SequenceAffinity(placer.clock, settings.sequence_idle_timeout)
         placer.view.outliers.on_eject = self._ejected
 
     def _ejected(self, backend: str, seconds: float) -> None:
@@ -176,6 +198,9 @@ class DataPlane:
         route = self.placer.view.routes.get(call.name)
         if route is None and self.placer.model(call.name) is None and await self.placer.lookup.find(call.name):
             route = self.placer.view.routes.get(call.name)  # created through another gateway, event not here yet
+        seq = _sequence(call)
+        if seq is not None:
+            return await self._call_sequence(call, seq)
         model = self.resolve(call.name, call.header)
         self.obs.resolved(call.name, model)
         self._check_protocol(call, model)
@@ -200,6 +225,58 @@ class DataPlane:
         if route is not None and route.shadows and call.op in REPEATABLE_OPS:
             self._shadow(call, route, answer, took)
         return answer
+
+    async def place(self, call: Call, seq: SequenceFlags | None = None) -> tuple[str, str, bool]:
+        """(model, backend, cold) for one request that is not hedged or retried: a sequence's request or a
+        stream's message. Resolves a route (by the sequence id, for a sequence), checks the protocol, picks the
+        sequence's copy or a warm one, and waits for a load when there is none (until the call's deadline)."""
+        route = self.placer.view.routes.get(call.name)
+        header = call.header
+        if route is not None and seq is not None and header(_SEQUENCE_KEY) is None:
+            # Every request of the sequence resolves the route to the same model, on every gateway.
+            route = replace(route, sticky_header=_SEQUENCE_KEY)
+            header = _with_sequence(call.header, seq.id)
+        if route is None:
+            model = self.resolve(call.name, header)
+        else:
+            model = self.router.choose(route, header, self.placer.view.models)
+        self.obs.resolved(call.name, model)
+        self._check_protocol(call, model)
+        backend = self._choose(model, seq)
+        if backend is not None:
+            self.obs.hit(model, backend)
+            return model, backend, False
+        backend = await self._cold(model, call.deadline)
+        if seq is not None:
+            backend = self._choose(model, seq)
+            if backend is None:  # loaded and gone again at once: the client retries
+                raise ModelNotLoaded(f"model {model!r} was unloaded as soon as it was loaded; retry")
+        return model, backend, True
+
+    def _choose(self, model: str, seq: SequenceFlags | None) -> str | None:
+        if seq is None:
+            return self.placer.warm_backend(model)
+        return self.affinity.choose(model, seq, self.placer.view.ready_backends(model))
+
+    async def _call_sequence(self, call: Call, seq: SequenceFlags) -> Answer:
+        """A request of a sequence, on the copy the sequence hashes or is pinned to (`place`).
+
+        No hedge, no retry on another copy, no shadow: the sequence's state lives in one copy only."""
+        model, backend, cold = await self.place(call, seq)
+        try:
+            resp = await self._forward(call, model, backend)
+        except ModelNotLoaded:
+            await self.placer.copy_missing(model, backend)
+            self.affinity.finished(model, seq)
+            if seq.start:
+                raise  # nothing ran yet: the client's retry starts the sequence on another copy
+            raise SequenceLost(
+                f"sequence {seq.id} of model {model!r} ran on backend {backend}, which no longer holds the model "
+                "(its state went with it); start the sequence again (sequence_start=true)"
+            ) from None
+        if seq.end:
+            self.affinity.finished(model, seq)
+        return Answer(resp, model, backend, cold=cold)
 
     async def _call_model(self, call: Call, model: str, policy: HedgePolicy | None, key: str) -> Answer:
         backend = self.placer.warm_backend(model)

@@ -35,8 +35,10 @@ import grpc.aio
 from adapters.errors import ModelyardError
 from adapters.protowire import WireError, encode_bool, encode_string, replace_string, string_fields
 from adapters.tfserving_proto.messages import MODEL_SERVICE, PREDICTION_SERVICE, read_model_spec, rewrite_model_name
+from gateway import refusals, repository
 from gateway.dataplane import Answer, Call, DataPlane
 from gateway.errors import BadRequest, NotReady, NotSupported, grpc_status, to_grpc
+from gateway.grpc_stream import STREAM_OP, StreamRelay
 from gateway.http_dataplane import SERVER_METADATA
 from gateway.metrics import Metrics
 from gateway.routing import TARGET_HEADER, HeaderLookup
@@ -116,7 +118,16 @@ class Refuse:
     streaming: bool = False
 
 
-Method = Forward | Readiness | Local | Refuse
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A bidirectional stream of requests, each placed like `Forward`'s (`gateway.grpc_stream`)."""
+
+    read: Reader
+    rewrite: Rewriter
+
+
+UnaryMethod = Forward | Readiness | Local | Refuse
+Method = UnaryMethod | Stream
 
 
 # -- KServe v2 (inference.GRPCInferenceService) ---------------------------------------------------------------
@@ -150,15 +161,9 @@ def _server_metadata(_: DataPlane) -> bytes:
 
 
 _KSERVE = Forward("kserve-grpc", read_kserve_model, rewrite_kserve_model)
-_REPOSITORY = (
-    "the model repository API is not exposed by the gateway: models are loaded on demand; "
-    "use the admin API (POST /admin/models/{name}/load, GET /admin/placement) instead"
-)
-_SHARED_MEMORY = (
-    "shared-memory regions can't be registered through the gateway (they live on one backend's host and "
-    "the gateway chooses the backend); send tensors in the request"
-)
-_OPERATOR = "not exposed by the gateway: set it on the backends themselves"
+_REPOSITORY = refusals.REPOSITORY
+_SHARED_MEMORY = refusals.SHARED_MEMORY
+_OPERATOR = refusals.OPERATOR
 
 SERVICES: dict[str, dict[str, Method]] = {
     KSERVE_SERVICE: {
@@ -170,10 +175,8 @@ SERVICES: dict[str, dict[str, Method]] = {
         "ModelInfer": _KSERVE,
         "ModelConfig": _KSERVE,
         "ModelStatistics": _KSERVE,
-        "ModelStreamInfer": Refuse(
-            "ModelStreamInfer (streaming) is not supported by the gateway yet; use ModelInfer", streaming=True
-        ),
-        "RepositoryIndex": Refuse(_REPOSITORY),
+        "ModelStreamInfer": Stream(read_kserve_model, rewrite_kserve_model),
+        "RepositoryIndex": Local(lambda dp: repository.encode_index(repository.index(dp.placer.view))),
         "RepositoryModelLoad": Refuse(_REPOSITORY),
         "RepositoryModelUnload": Refuse(_REPOSITORY),
         "SystemSharedMemoryStatus": Refuse(_SHARED_MEMORY),
@@ -268,14 +271,16 @@ class GrpcDataPlane:
         for service, methods in self.services.items():
             table = {}
             for name, method in methods.items():
-                if isinstance(method, Refuse) and method.streaming:
+                if isinstance(method, Stream):
+                    table[name] = grpc.stream_stream_rpc_method_handler(self._stream(f"/{service}/{name}", method))
+                elif isinstance(method, Refuse) and method.streaming:
                     table[name] = grpc.stream_stream_rpc_method_handler(self._refuse_stream(name, method))
                 else:
                     table[name] = grpc.unary_unary_rpc_method_handler(self._handler(service, name, method))
             out.append(grpc.method_handlers_generic_handler(service, table))
         return out
 
-    def _handler(self, service: str, op: str, method: Method) -> Handler:
+    def _handler(self, service: str, op: str, method: UnaryMethod) -> Handler:
         path = f"/{service}/{op}"
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
@@ -341,11 +346,44 @@ class GrpcDataPlane:
     ) -> tuple[bytes | None, HeaderLookup]:
         """(None, lookup) when a copy is loaded: the backend answers, and `lookup` makes a route resolve to the
         model chosen here. Else (whether the model could be served, lookup)."""
-        model = self.dp.resolve(ref.name, header)
+        model = await self.dp.resolve_known(ref.name, header)  # a name created through another gateway
         if self.dp.placer.warm_backend(model) is not None:
             return None, lambda name: model if name == TARGET_HEADER else header(name)
         await context.send_initial_metadata((("x-modelyard-model", model),))
         return method.cold_answer(self.dp.model_servable(model)), header
+
+    def _stream(self, path: str, method: Stream) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
+        async def handle(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> AsyncIterator[bytes]:
+            code = "OK"
+            error = None
+            req = self.obs.begin("grpc", context.invocation_metadata(), path[1:])
+            metadata = context.invocation_metadata()
+            relay = StreamRelay(
+                self.dp,
+                path,
+                method.read,
+                method.rewrite,
+                forward_metadata(metadata),
+                metadata_lookup(metadata),
+                _deadline(context),
+            )
+            try:
+                async for item in relay.run(requests):
+                    if isinstance(item, bytes):
+                        yield item
+                    else:
+                        code, error = item.code.name, item.details
+                        await context.abort(item.code, item.details)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                req.backend = ",".join(relay.backends)
+                self.obs.end(req, STREAM_OP, code, error)
+
+        return handle
 
     def _refuse_stream(self, op: str, method: Refuse) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
         async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:

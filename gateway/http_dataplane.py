@@ -13,9 +13,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from adapters.errors import ModelyardError
+from gateway import repository
 from gateway.dataplane import Answer, Call, DataPlane
-from gateway.errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, NotReady, to_http
+from gateway.errors import BadRequest, BodyTooLarge, HttpError, MethodNotAllowed, NotReady, NotSupported, to_http
+from gateway.forward_headers import HeaderForwarding
+from gateway.http_stream import relay_stream
 from gateway.metrics import Metrics
+from gateway.refusals import http_refusal
 from gateway.routing import HeaderLookup
 from placement.errors import UnknownModel
 
@@ -38,10 +42,30 @@ FORWARD_HEADERS = frozenset(
         "triton-grpc-protocol-infer-header",
     }
 )
-KSERVE_OPS = {"infer": "POST", "ready": "GET", "": "GET", "config": "GET", "stats": "GET"}
+KSERVE_OPS = {
+    "infer": "POST",
+    "ready": "GET",
+    "": "GET",
+    "config": "GET",
+    "stats": "GET",
+    "generate": "POST",  # Triton's generate extension
+    "generate_stream": "POST",  # its server-sent events, relayed as they come (gateway.http_stream)
+}
 TFSERVING_OPS = {"predict": "POST", "classify": "POST", "regress": "POST", "": "GET", "metadata": "GET"}
 FIXED_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
-SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+# Triton's extensions that work through the gateway, and only those (not: model_repository, whose load and
+# unload are the admin API's; system/cuda shared memory; logging; trace).
+EXTENSIONS = [
+    "classification",
+    "sequence",
+    "model_configuration",
+    "schedule_policy",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "generate",
+]
+SERVER_METADATA = {"name": "modelyard", "version": "0.1.0", "extensions": EXTENSIONS}
 
 
 class HttpDataPlane:
@@ -50,6 +74,7 @@ class HttpDataPlane:
         self.metrics = metrics
         self.obs = dataplane.obs  # counts, times, traces and logs each request (gateway.observe)
         self.max_body = max_body_bytes
+        self.forwarding = HeaderForwarding(dataplane.settings.forward_headers)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -79,6 +104,10 @@ class HttpDataPlane:
                 op, status = "server_ready", 200 if self.dp.ready else 503
                 await _empty(send, status)
                 return
+            served = await self._gateway_wide(method, path, scope, receive, send)
+            if served is not None:
+                op, status = served
+                return
             if path.startswith("/v1/"):
                 protocol = "tfserving"
                 name, version, op = parse_tfserving_path(path)
@@ -95,8 +124,11 @@ class HttpDataPlane:
                 status = await self._ready(send, name, version, header_lookup(scope))
                 return
             body = await read_body(scope, receive, self.max_body) if method == "POST" else b""
-            headers = forward_headers(scope)
+            headers = forward_headers(scope, self.forwarding)
             call = Call(protocol, method, name, version, op, body, headers, header=header_lookup(scope))
+            if op == "generate_stream":
+                status, req.backend = await relay_stream(self.dp, call, receive, send)
+                return
             answer = await self.dp.call(call)
             status = answer.response.status
             req.backend = answer.backend  # the copy that answered (a hedge's, when it won)
@@ -109,6 +141,30 @@ class HttpDataPlane:
         finally:
             op = op or "metadata"
             self.obs.end(req, op, str(status), error, span_name(scope) if req.span is not None else "")
+
+    async def _gateway_wide(
+        self, method: str, path: str, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[str, int] | None:
+        """The calls about the whole gateway (repository index, statistics of all models) and the refused ones;
+        (op, status) when `path` is one of them, else None."""
+        why = http_refusal(path)
+        if why is not None:
+            raise NotSupported(why)
+        if path == "/v2/repository/index":
+            if method != "POST":
+                raise BadRequest(f"{method} is not allowed on {path}; use POST")
+            body = await read_body(scope, receive, self.max_body)
+            try:
+                ready = bool(json.loads(body or b"{}").get("ready", False))
+            except (ValueError, AttributeError):
+                raise BadRequest("the repository index request must be a JSON object") from None
+            await _json(send, 200, repository.index(self.dp.placer.view, ready))
+            return "repository_index", 200
+        if path.rstrip("/") == "/v2/models/stats" and method == "GET":
+            stats = await repository.all_stats(self.dp.placer, self.dp.settings.backend_timeout)
+            await _json(send, 200, stats)
+            return "stats", 200
+        return None
 
     async def _ready(self, send: Send, name: str, version: str | None, header: HeaderLookup) -> int:
         model = await self.dp.resolve_known(name, header)
@@ -241,11 +297,11 @@ def header_lookup(scope: Scope) -> HeaderLookup:
     return get
 
 
-def forward_headers(scope: Scope) -> list[tuple[str, str]]:
+def forward_headers(scope: Scope, extra: HeaderForwarding | None = None) -> list[tuple[str, str]]:
     out = []
     for k, v in scope["headers"]:
         key = k.decode("latin-1")
-        if key in FORWARD_HEADERS:
+        if key in FORWARD_HEADERS or (extra is not None and extra.passes(key)):
             out.append((key, v.decode("latin-1")))
     return out
 

@@ -27,6 +27,8 @@ class Settings:
     latency_min_samples: int = 20  # no p95 (so no hedge with `after_ms: null`) before this many
     retry_budget_percent: float = 20.0  # retries in flight: at most this share of the requests in flight...
     retry_budget_min: int = 5  # ... or this many, whichever is larger
+    forward_headers: str = ""  # regex of request headers passed on to backends over HTTP (gateway.forward_headers)
+    sequence_idle_timeout: float = 600.0  # a sequence idle this long is forgotten (placement.affinity)
     log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal); see gateway.logs
     # Which model and route names get a label of their own in /metrics (gateway.metrics.LabelPolicy.parse).
     metrics_models: str = "top:50"

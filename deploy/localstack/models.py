@@ -18,7 +18,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stall", "demo_model_names", "model_offset", "write_model", "write_model_repository"]
+__all__ = [
+    "Stall",
+    "demo_model_names",
+    "model_offset",
+    "write_decoupled_model",
+    "write_model",
+    "write_model_repository",
+    "write_sequence_model",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -212,3 +220,128 @@ def write_model_repository(
             stall=(stalls or {}).get(name),
             fail_fraction=(fail_fractions or {}).get(name, 0.0),
         )
+
+
+# -- Models for protocol tests: a decoupled (streaming) model and a stateful (sequence batching) one ---------------
+_DECOUPLED_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 2 }} ]
+"""
+
+_DECOUPLED_PY = """\
+# Written by deploy.localstack.models: a decoupled model that answers INPUT0 = n with n responses 0 .. n-1.
+# Response i > 0 is sent only once the file GATE_DIR/<request id>.<i> exists (or after 30 s, answering -1):
+# a test that creates it only after receiving response i-1 proves that nothing between holds responses back.
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+GATE_DIR = {gate_dir!r}
+
+
+def _gate(request_id, i):
+    path = os.path.join(GATE_DIR, f"{{request_id}}.{{i}}")
+    deadline = time.monotonic() + 30.0
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            n = int(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy().reshape(-1)[0])
+            for i in range(n):
+                value = float(i) if i == 0 or _gate(request.request_id(), i) else -1.0
+                out = pb_utils.Tensor("OUTPUT0", np.array([value], dtype=np.float32))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+_SEQUENCE_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+sequence_batching {{
+  max_sequence_idle_microseconds: 120000000
+  control_input [
+    {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] }} ] }},
+    {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }} ] }}
+  ]
+}}
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [
+  {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "SERVER" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+_SEQUENCE_PY = """\
+# Written by deploy.localstack.models: a stateful model; OUTPUT0 is the running sum of INPUT0 over the sequence
+# (reset by its start) and SERVER the Triton that holds the state, so a step sent to another copy shows.
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+SERVER = os.environ.get("MODELYARD_LOCALSTACK_SERVER", "")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = float(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy().reshape(-1)[0])
+            start = float(pb_utils.get_input_tensor_by_name(request, "START").as_numpy().reshape(-1)[0])
+            corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().reshape(-1)[0])
+            total = (0.0 if start else self.sums.get(corrid, 0.0)) + x
+            self.sums[corrid] = total
+            out = pb_utils.Tensor("OUTPUT0", np.array([total], dtype=np.float32))
+            server = pb_utils.Tensor("SERVER", np.array([SERVER.encode()], dtype=np.object_))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out, server]))
+        return responses
+"""
+
+
+def _write_python_model(root: Path, name: str, config: str, model_py: str) -> Path:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"model name {name!r} does not match {_NAME_RE.pattern}")
+    model_dir = Path(root) / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(config)
+    (model_dir / "1" / "model.py").write_text(model_py)
+    py_compile.compile(
+        str(model_dir / "1" / "model.py"),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+    )
+    return model_dir
+
+
+def write_decoupled_model(root: Path, name: str, gate_dir: Path) -> Path:
+    """A decoupled model: INPUT0 = n (FP32 [1]) answers n responses OUTPUT0 = 0, 1, ... n-1, then the final
+    flag; response i > 0 waits for the file `gate_dir/<request id>.<i>` (30 s at most, then answers -1)."""
+    return _write_python_model(
+        root, name, _DECOUPLED_CONFIG.format(name=name), _DECOUPLED_PY.format(gate_dir=str(gate_dir))
+    )
+
+
+def write_sequence_model(root: Path, name: str) -> Path:
+    """A stateful model (sequence batching, one instance): OUTPUT0 = running sum of INPUT0 (FP32 [1]) over the
+    sequence, SERVER = the Triton that answered (`MODELYARD_LOCALSTACK_SERVER`)."""
+    return _write_python_model(root, name, _SEQUENCE_CONFIG.format(name=name), _SEQUENCE_PY)

@@ -287,11 +287,10 @@ def test_a_model_the_backend_lost_is_reloaded_transparently_over_grpc(
     assert new_loads() == ["m029", "m029"]
 
 
-def test_repository_and_streaming_rpcs_are_refused_with_what_to_use_instead(start_gateway: StartGateway) -> None:
+def test_repository_rpcs_are_refused_with_what_to_use_instead(start_gateway: StartGateway) -> None:
     gw = start_gateway()
     client = triton_grpc.InferenceServerClient(gw.grpc_url)
     for call in (
-        client.get_model_repository_index,
         lambda: client.load_model("m000"),
         lambda: client.unload_model("m000"),
     ):
@@ -303,14 +302,6 @@ def test_repository_and_streaming_rpcs_are_refused_with_what_to_use_instead(star
         client.get_system_shared_memory_status()
     assert shm.value.status() == "StatusCode.UNIMPLEMENTED" and "shared-memory" in shm.value.message()
     client.close()
-    with channel(gw) as ch:
-        stream = ch.stream_stream(
-            SERVICE + "ModelStreamInfer", request_serializer=pb.ModelInferRequest.SerializeToString
-        )
-        with pytest.raises(grpc.RpcError) as streaming:
-            list(stream(iter([infer_request("m000", [1.0])])))
-    assert streaming.value.code() is grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
-    assert "use ModelInfer" in streaming.value.details()  # type: ignore[attr-defined]
 
 
 def test_a_triton_backend_without_grpc_url_is_unavailable_naming_it(
