@@ -1,0 +1,68 @@
+"""Usage in batches: last-used times, request counts, learned gaps between requests and load seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from placement.arrivals import WEIGHT
+from placement.store.base import StoreBase, _s
+
+
+class Usage(StoreBase):
+    """Written off the warm path (one round trip per flush); read by eviction and scaling."""
+
+    async def touch_many(
+        self, used: Iterable[tuple[str, str, float]], requests: Mapping[str, int] | None = None
+    ) -> None:
+        """Record last-used times, (model, backend, when), and requests served per model since the last call, in
+        one round trip. Never moves a time back."""
+        items = list(used)
+        if not items and not requests:
+            return
+        self._count("usage_flush")
+        async with self.r.pipeline(transaction=False) as pipe:
+            # Before last-used times move: each model's gap between requests, from the previous last use anywhere.
+            latest: dict[str, float] = {}
+            for model, _bid, when in items:
+                latest[model] = max(when, latest.get(model, 0.0))
+            seen = [(m, latest[m], n) for m, n in (requests or {}).items() if n > 0 and m in latest]
+            if seen:
+                args: list[Any] = [WEIGHT]
+                for m, when, n in seen:
+                    args += [m, when, n]
+                await self._gaps(keys=[f"{self.p}:lastused", f"{self.p}:gaps"], args=args, client=pipe)
+            for model, bid, when in items:
+                pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
+                pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
+            for model, n in (requests or {}).items():
+                pipe.hincrby(f"{self.p}:requests", model, n)
+            await pipe.execute()
+
+    async def note_load_seconds(self, model: str, seconds: float) -> None:
+        """Learn how long one load of `model` takes (a moving average over its loads; cold path only)."""
+        self._count("script")
+        await self._load_seconds(keys=[f"{self.p}:loadsec"], args=[model, seconds])
+
+    async def eviction_facts(self, models: Iterable[str]) -> dict[str, tuple[int, float, float]]:
+        """(requests since registration, learned load seconds, learned mean gap between requests) of each model,
+        in one round trip; zeros when nothing is known. What eviction policies weigh besides last use."""
+        names = list(dict.fromkeys(models))
+        if not names:
+            return {}
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(f"{self.p}:requests", names)
+            pipe.hmget(f"{self.p}:loadsec", names)
+            pipe.hmget(f"{self.p}:gaps", names)
+            counts, secs, gaps = await pipe.execute()
+        return {
+            m: (int(n) if n is not None else 0, float(s) if s is not None else 0.0, float(g) if g else 0.0)
+            for m, n, s, g in zip(names, counts, secs, gaps, strict=True)
+        }
+
+    async def request_counts(self) -> dict[str, int]:
+        """Requests served per model since it was registered, summed over every gateway's flushes."""
+        self._count("read")
+        raw = await self.r.hgetall(f"{self.p}:requests")
+        return {_s(m): int(n) for m, n in raw.items()}
