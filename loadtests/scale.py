@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -242,7 +243,9 @@ def admin_reads(stack: LocalStack, gw: GatewayProcess, reads: int) -> dict[str, 
 
             took, (seen, pages) = timed(page_all)
             out[f"models_paged_limit_{limit}"] = {"seconds": round(took, 3), "models": seen, "pages": pages}
-        for path in ("/admin/placement", "/ui", "/metrics", "/admin/models?limit=1000", "/readyz"):
+        # /ui is a static page whose script polls /admin/placement, /admin/stats and /admin/rollouts
+        pages = ("/admin/placement", "/ui", "/admin/stats", "/admin/rollouts", "/metrics", "/admin/models?limit=1000")
+        for path in (*pages, "/readyz"):
             times, size = [], 0
             for _ in range(reads):
                 took, r = timed(lambda path=path: admin.get(path))
@@ -297,7 +300,7 @@ def hot_functions(raw: Path, top: int = 12) -> dict[str, Any]:
             continue
         total += int(n)
         for frame in set(stack.split(";")):
-            if any(k in frame for k in ("gateway/", "placement/", "adapters/")):
+            if any(k in frame for k in ("gateway/", "placement/", "adapters/", "yaml/")):
                 counts[frame] = counts.get(frame, 0) + int(n)
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
     return {"samples": total, "percent_on_stack": {k: round(100 * v / max(total, 1), 1) for k, v in ranked}}
@@ -327,9 +330,30 @@ def profile(stack: LocalStack, models: list[str], out_dir: Path) -> dict[str, An
             stop_py_spy(spy)
             result[step] = {"seconds": round(took, 3), "raw": str(raw), **hot_functions(raw)}
             print(f"py-spy {step}: {result[step]}", file=sys.stderr)
+        for fmt in ("yaml", "json"):  # the client's side: `modelyard diff` of the fleet file, run under py-spy
+            raw = out_dir / f"scale-diff-{fmt}.txt"
+            fleet = stack.workdir / f"fleet.{fmt}"
+            cli = [sys.executable, "-m", "gateway.cli", "diff", "-f", str(fleet), "--url", gw.url]
+            cmd = [py_spy(), "record", "--rate", "200", "--format", "raw", "-o", str(raw), "--", *cli]
+            took, proc = timed(
+                lambda cmd=cmd: subprocess.run(
+                    cmd, capture_output=True, timeout=1800, env=dict(os.environ, MODELYARD_ADMIN_TOKEN=stack.token)
+                )
+            )
+            result[f"diff_{fmt}"] = {
+                "seconds": round(took, 3),
+                "exit": proc.returncode,
+                "raw": str(raw),
+                **hot_functions(raw),
+            }
+            print(f"py-spy diff {fmt}: {result[f'diff_{fmt}']}", file=sys.stderr)
     gw.stop()
     stack.gateways.remove(gw)
     return result
+
+
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 # ---------------------------------------------------------------------------------------------- warm
@@ -447,10 +471,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 w["large"]["server_cpu_us_per_request"] / w["small"]["server_cpu_us_per_request"], 3
             ),
         }
-        with stack.admin(gws["large"]) as admin:
-            out["placement_of_warm"] = {
-                s: [c["backend"] for c in admin.get(f"/admin/models/{WARM[s]}").json()["copies"]] for s in SIZES
-            }
+        out["placement_of_warm"] = {}
+        for s in SIZES:
+            with stack.admin(gws[s]) as admin:
+                copies = admin.get(f"/admin/models/{WARM[s]}").raise_for_status().json()["copies"]
+                out["placement_of_warm"][s] = [c["backend"] for c in copies]
         out["reads"] = {s: admin_reads(stack, gws[s], args.reads) for s in SIZES}
         print(f"reads: {json.dumps(out['reads'])}", file=sys.stderr)
         stack.stop_gateways()
