@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-scale bench-perf-analyzer clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -44,6 +44,21 @@ bench-churn: setup
 
 bench-workers: setup
 	$(PY) -m loadtests.workers $(ARGS)
+
+bench-scale: setup
+	$(PY) -m loadtests.scale $(ARGS)
+
+# perf_analyzer ships in the manylinux wheel of tritonclient 2.34.0 (newer wheels dropped it): a venv of its own,
+# not the project's dependencies; it needs Debian's libb64-0d, and nginx is the comparison point.
+PERF_VENV := loadtests/.perf-venv
+$(PERF_VENV)/bin/perf_analyzer:
+	$(PYTHON) -m venv $(PERF_VENV)
+	echo '*' > $(PERF_VENV)/.gitignore
+	$(PERF_VENV)/bin/pip install --quiet --disable-pip-version-check 'tritonclient[all]==2.34.0' nvidia-cuda-runtime-cu12
+
+bench-perf-analyzer: setup $(PERF_VENV)/bin/perf_analyzer
+	@dpkg -s libb64-0d nginx-light >/dev/null 2>&1 || apt-get install -y libb64-0d nginx-light
+	$(PY) -m loadtests.perf_analyzer $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup

@@ -22,6 +22,9 @@ from placement.errors import InvalidSpec
 from placement.records import BackendSpec, ModelSpec, RouteSpec
 
 KINDS = ("backends", "models", "routes")
+# libyaml's parser when PyYAML has it: the pure-Python one took ~4 s of a 10,000-model fleet file's 4.7 s `diff`
+# (docs/benchmarks.md, "10,000 models"); same documents, same marks.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SINGULAR = {"backends": "backend", "models": "model", "routes": "route"}
 
 
@@ -77,7 +80,7 @@ class _Lines:
         self.fields: dict[tuple[str, int, str], int] = {}
         if not is_yaml:
             return
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_SafeLoader)
         if not isinstance(root, yaml.MappingNode):
             return
         for key, seq in root.value:
@@ -99,7 +102,7 @@ class _Lines:
         return min(named)[1] if named else self.entries.get((kind, index))
 
 
-class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+class _StrictLoader(_SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
     """YAML's safe loader, except that a key given twice in one mapping is an error, not the last one winning."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -1,0 +1,271 @@
+"""NVIDIA's perf_analyzer against Triton directly, nginx in front of it, and the gateway, in one run.
+
+    make bench-perf-analyzer ARGS='--rounds 3 --json docs/benchmarks/perf-analyzer-1.json'
+    .venv/bin/python -m loadtests.perf_analyzer [--rounds 3] [--concurrency 1 8] [--interval-ms 3000]
+
+The third-party view of the gateway's overhead (issue 12): perf_analyzer is the load generator Triton users know.
+It comes from the manylinux wheel of tritonclient==2.34.0 (newer wheels don't ship it), installed by
+`make bench-perf-analyzer` in a venv of its own at loadtests/.perf-venv (not the project's dependencies), with
+libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel on LD_LIBRARY_PATH and Debian's libb64-0d; nginx 1.22 is
+Debian's (`/usr/sbin/nginx`), one worker process, HTTP/1.1 keep-alive upstream and `grpc_pass` for gRPC.
+
+One LocalStack (a real redis-server, one Triton from the nvidia-pytriton wheel, one `modelyard serve`; all on
+127.0.0.1); model m001 warm (INPUT0 of `--values` FP32). For each round, in rotating order of the targets, every
+(target, protocol, concurrency) is measured by one perf_analyzer run (closed loop, `--concurrency-range N`);
+figures are the medians over rounds of throughput and p50/p99 latency. The machine is shared and busy: compare
+within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deploy.localstack.stack import LocalStack
+from deploy.localstack.triton import free_port
+from loadtests.harness import code_version, loadavg, machine_info
+from loadtests.scale import emit
+
+PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
+MODEL = "m001"
+TARGETS = ("direct", "nginx", "gateway")
+PROTOCOLS = ("http", "grpc")
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream triton_http {{ server {http}; keepalive 64; }}
+    upstream triton_grpc {{ server {grpc}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{http_port};
+        location / {{
+            proxy_pass http://triton_http;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpc_port} http2;
+        location / {{ grpc_pass grpc://triton_grpc; }}
+    }}
+}}
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loadtests.perf_analyzer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each measures every target, protocol, concurrency")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="perf_analyzer concurrency levels")
+    p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer --measurement-interval")
+    p.add_argument("--values", type=int, default=16, help="FP32 values in INPUT0")
+    p.add_argument("--perf-analyzer", type=Path, default=PERF_VENV / "bin" / "perf_analyzer")
+    p.add_argument("--nginx", type=Path, default=Path("/usr/sbin/nginx"), help="nginx binary ('' to skip nginx)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or any(c < 1 for c in args.concurrency) or args.interval_ms < 100:
+        p.error("--rounds, --concurrency must be positive, --interval-ms at least 100")
+    return args
+
+
+def cuda_runtime_lib() -> Path:
+    found = sorted(PERF_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
+    if not found:
+        raise SystemExit(f"no nvidia-cuda-runtime-cu12 in {PERF_VENV}: run `make bench-perf-analyzer`")
+    return found[0]
+
+
+def start_nginx(
+    nginx: Path, workdir: Path, triton_http: str, triton_grpc: str
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    d = workdir / "nginx"
+    d.mkdir(parents=True, exist_ok=True)
+    ports = {"http": free_port(), "grpc": free_port()}
+    conf = d / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(dir=d, http=triton_http, grpc=triton_grpc, http_port=ports["http"], grpc_port=ports["grpc"])
+    )
+    log = open(d / "nginx.out", "ab")
+    proc = subprocess.Popen([str(nginx), "-p", str(d), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"nginx did not come up: {(d / 'nginx-error.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc, {p: f"127.0.0.1:{port}" for p, port in ports.items()}
+
+
+def run_perf(
+    args: argparse.Namespace, url: str, protocol: str, concurrency: int, env: dict[str, str]
+) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as f:
+        csv_path = Path(f.name)
+    cmd = [
+        str(args.perf_analyzer),
+        "-m",
+        MODEL,
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "--shape",
+        f"INPUT0:{args.values}",
+        "--concurrency-range",
+        str(concurrency),
+        "--measurement-interval",
+        str(args.interval_ms),
+        # generous: on these busy machines a tighter setting gives up (/work/shared/NOTES.md); the CSV has
+        # p50/p90/p95/p99 whatever stability is judged on (throughput and mean latency here)
+        "--stability-percentage",
+        "100",
+        "--max-trials",
+        "10",
+        "-f",
+        str(csv_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    try:
+        rows = list(csv.DictReader(io.StringIO(csv_path.read_text()))) if proc.returncode == 0 else []
+    finally:
+        csv_path.unlink(missing_ok=True)
+    if proc.returncode != 0 or not rows:
+        return {"error": (proc.stdout + proc.stderr)[-1500:]}
+    row = rows[0]
+    return {
+        "throughput": round(float(row["Inferences/Second"]), 1),
+        "p50_ms": round(float(row["p50 latency"]) / 1000, 3),
+        "p99_ms": round(float(row["p99 latency"]) / 1000, 3),
+    }
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.perf_analyzer.exists():
+        raise SystemExit(f"{args.perf_analyzer} missing: run `make bench-perf-analyzer`")
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{cuda_runtime_lib()}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelyard-perf-"))
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = loadavg()
+    code = code_version()
+    use_nginx = str(args.nginx) not in ("", ".") and shutil.which(str(args.nginx)) is not None
+    targets = [t for t in TARGETS if t != "nginx" or use_nginx]
+    runs: list[dict[str, Any]] = []
+    nginx = None
+    with LocalStack(workdir, ["m000", MODEL], tritons=1) as stack:
+        gw = stack.add_gateway()
+        stack.register(capacity=2)
+        with stack.admin(gw) as admin:
+            admin.post(f"/admin/models/{MODEL}/load").raise_for_status()
+        t = stack.tritons[0]
+        urls = {
+            "direct": {"http": t.url.split("://", 1)[1], "grpc": t.grpc_url},
+            "gateway": {"http": gw.url.split("://", 1)[1], "grpc": gw.grpc_url},
+        }
+        try:
+            if use_nginx:
+                nginx, urls["nginx"] = start_nginx(args.nginx, workdir, urls["direct"]["http"], urls["direct"]["grpc"])
+            for r in range(args.rounds):
+                order = targets[r % len(targets) :] + targets[: r % len(targets)]
+                for target in order:
+                    for protocol in PROTOCOLS:
+                        for c in args.concurrency:
+                            res = run_perf(args, urls[target][protocol], protocol, c, env)
+                            runs.append(
+                                {"round": r + 1, "target": target, "protocol": protocol, "concurrency": c, **res}
+                            )
+                            print(f"round {r + 1} {target:<8} {protocol:<5} c={c}: {res}", file=sys.stderr)
+        finally:
+            if nginx is not None:
+                nginx.terminate()
+                nginx.wait(10)
+    table: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        for c in args.concurrency:
+            row: dict[str, Any] = {}
+            for target in targets:
+                ok = [x for x in runs if (x["target"], x["protocol"], x["concurrency"]) == (target, protocol, c)]
+                ok = [x for x in ok if "error" not in x]
+                if ok:
+                    row[target] = {
+                        k: round(median([x[k] for x in ok]), 3) for k in ("throughput", "p50_ms", "p99_ms")
+                    } | {"runs": len(ok)}
+            if "gateway" in row and "nginx" in row:
+                row["gateway_over_nginx"] = round(row["gateway"]["throughput"] / row["nginx"]["throughput"], 2)
+            if "gateway" in row and "direct" in row:
+                row["gateway_added_p50_ms"] = round(row["gateway"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+            table[f"{protocol} c={c}"] = row
+    return {
+        "benchmark": "perf_analyzer",
+        "started": started,
+        "machine": machine_info(),
+        "code": code,
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "setup": {
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "interval_ms": args.interval_ms,
+            "values": args.values,
+            "perf_analyzer": "tritonclient==2.34.0 wheel",
+            "nginx": "Debian nginx, worker_processes 1" if use_nginx else None,
+        },
+        "table": table,
+        "runs": runs,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = ["perf_analyzer medians (inferences/s, p50 ms, p99 ms):"]
+    for key, row in result["table"].items():
+        cells = "  ".join(
+            f"{t} {row[t]['throughput']:.0f}/s {row[t]['p50_ms']:.2f}/{row[t]['p99_ms']:.2f}"
+            for t in TARGETS
+            if t in row
+        )
+        extra = f"  gateway/nginx {row['gateway_over_nginx']}" if "gateway_over_nginx" in row else ""
+        lines.append(f"  {key:<10} {cells}{extra}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    return emit(result, report(result), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
