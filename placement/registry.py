@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -139,7 +140,7 @@ class Registry:
                 raise type(exc)(f"{where}: {exc}") from None
             specs.append(spec)
         names = [s.name for s in specs]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted(n for n, k in Counter(names).items() if k > 1)  # not names.count: O(n^2) at 10,000
         if twice:
             raise InvalidSpec(f"model name(s) {twice} appear more than once; name each model once")
         for spec in specs:
