@@ -160,11 +160,12 @@ def test_metadata_says_which_model_and_backend_answered_and_when_it_was_cold(
 def test_no_evictable_model_gives_unavailable_with_a_retry_hint(
     stack: LocalStack, start_gateway: StartGateway, new_loads: Callable[[], list[str]]
 ) -> None:
+    warmer = start_gateway("--load-timeout", "120")  # loads the pinned models, however busy the machine
     gw = start_gateway("--load-timeout", "2")
     stack.register(
         capacity=1, models=["m023", "m024", "m025"], extra={"m023": {"pinned": True}, "m024": {"pinned": True}}
     )
-    with stack.admin(gw) as admin:
+    with stack.admin(warmer) as admin:
         for name in ("m023", "m024"):
             assert admin.post(f"/admin/models/{name}/load").status_code == 200
     with channel(gw) as ch:

@@ -13,6 +13,8 @@ import httpx
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from tests.gateway.conftest import TOKEN, check_answer, infer_body
+from tests.metrics_text import samples, total
+from tests.waiting import eventually
 
 
 def _alive(pid: int) -> bool:
@@ -47,7 +49,12 @@ def test_sigterm_lets_inflight_requests_finish_and_stops_the_embedded_redis(stac
 
         caller = threading.Thread(target=slow_request)
         caller.start()
-        time.sleep(0.3)
+        # SIGTERM once the gateway has the request (it counts a placement hit before forwarding it): sent
+        # earlier, the request could meet a closed listener on a busy machine.
+        eventually(
+            lambda: total(samples(httpx.get(f"{gw.url}/metrics").text), "modelyard_placement_total", result="hit") >= 1,
+            "the gateway took the slow request",
+        )
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGTERM)
         caller.join()

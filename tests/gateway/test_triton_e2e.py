@@ -201,12 +201,15 @@ def test_a_model_the_backend_lost_is_reloaded_transparently(
 def test_no_evictable_model_gives_503_with_retry_after(
     stack: LocalStack, start_gateway: StartGateway, new_loads: Callable[[], list[str]]
 ) -> None:
+    # The pinned models are loaded through a gateway with a long load timeout (a busy machine can take over 2 s
+    # to load one); the call that finds nothing evictable goes through one that gives up after 2 s.
+    warmer = start_gateway("--load-timeout", "120")
     gw = start_gateway("--load-timeout", "2")
     stack.register(
         capacity=1, models=["m014", "m015", "m016"], extra={"m014": {"pinned": True}, "m015": {"pinned": True}}
     )
     for name in ("m014", "m015"):
-        with stack.admin(gw) as admin:
+        with stack.admin(warmer) as admin:
             assert admin.post(f"/admin/models/{name}/load").status_code == 200
     r = httpx.post(f"{gw.url}/v2/models/m016/infer", json=infer_body([1.0]), timeout=60)
     assert r.status_code == 503
