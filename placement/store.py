@@ -108,7 +108,7 @@ redis.call('HSET', copies, model, cjson.encode(c))
 redis.call('HINCRBY', mkey, 'loads', 1)
 redis.call('HSET', mkey, 'failures', 0, 'last_error', '', 'retry_at', 0)
 redis.call('ZADD', lru, now, model)
-redis.call('ZADD', lastused, now, model)
+if ARGV[6] ~= '0' then redis.call('ZADD', lastused, now, model) end
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='ready'}))
 return 'ok'
 """
@@ -472,7 +472,9 @@ class RedisStore:
         res = await self._adopt(keys=[self.k_copies(bid), self.k_lease(model)], args=[model, token])
         return _s(res)
 
-    async def commit(self, bid: str, model: str, token: int, now: float) -> str:
+    async def commit(self, bid: str, model: str, token: int, now: float, used: bool = True) -> str:
+        """Mark a loaded copy ready. `used=False` (a pre-warm) leaves the model's last use anywhere as it was:
+        no request asked for it, and its learned gap between requests must not see one."""
         self._count("script")
         res = await self._commit(
             keys=[
@@ -482,7 +484,7 @@ class RedisStore:
                 self.k_lru(bid),
                 f"{self.p}:lastused",
             ],
-            args=[model, token, now, self.events, bid],
+            args=[model, token, now, self.events, bid, int(used)],
         )
         return _s(res)
 
@@ -573,6 +575,21 @@ class RedisStore:
         return {
             m: (int(n) if n is not None else 0, float(s) if s is not None else 0.0, float(g) if g else 0.0)
             for m, n, s, g in zip(names, counts, secs, gaps, strict=True)
+        }
+
+    async def prewarm_facts(self) -> dict[str, tuple[float, float, float]]:
+        """(last used anywhere, learned mean gap, learned load seconds) of every model with a learned gap, in one
+        round trip: what the pre-warm leader reads each tick (`placement.prewarm_task`; never the warm path)."""
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{self.p}:gaps")
+            pipe.zrange(f"{self.p}:lastused", 0, -1, withscores=True)
+            pipe.hgetall(f"{self.p}:loadsec")
+            gaps, used, secs = await pipe.execute()
+        last = {_s(m): float(t) for m, t in used}
+        loadsec = {_s(m): float(v) for m, v in secs.items()}
+        return {
+            _s(m): (last.get(_s(m), 0.0), float(g), loadsec.get(_s(m), 0.0)) for m, g in gaps.items() if float(g) > 0
         }
 
     async def request_counts(self) -> dict[str, int]:
