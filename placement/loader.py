@@ -137,7 +137,7 @@ class Loader:
         model's own score) that no request used for `busy_window` seconds (other gateways' requests in flight
         refresh a copy's last use at every usage flush) and none is in flight on here; otherwise None. It
         stands aside (None) while this process has any load under way."""
-        if self._tasks or self.view.copies.get(name):
+        if self._tasks or any(s.holds_slot for s in self.view.copies.get(name, {}).values()):
             return None
         task = self._track(name, self.events.wrap_load(name, self._prewarm_task(name, worth, busy_window)))
         try:

@@ -99,7 +99,7 @@ class PrewarmTask:
         due: list[tuple[float, str]] = []
         for model, (last, gap, secs) in facts.items():
             spec = self.view.models.get(model)
-            if spec is None or self.view.copies.get(model) or self._tried.get(model) == last:
+            if spec is None or self._held(model) or self._tried.get(model) == last:
                 continue
             when = self.prewarmer.due_at(model, last, gap, secs)
             # Too late once the expected request is past: demand will load it if it comes.
@@ -146,7 +146,10 @@ class PrewarmTask:
         if self.loader.loading():
             return True
         states = (s for copies in self.view.copies.values() for s in copies.values())
-        return any(s is not CopyState.READY for s in states)
+        return any(s in (CopyState.LOADING, CopyState.UNLOADING) for s in states)
+
+    def _held(self, model: str) -> bool:
+        return any(s.holds_slot for s in self.view.copies.get(model, {}).values())
 
     def _settle(self, facts: dict[str, tuple[float, float, float]]) -> None:
         for model, started in list(self._started.items()):

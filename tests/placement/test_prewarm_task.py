@@ -8,6 +8,8 @@ import asyncio
 import math
 from collections.abc import Callable
 
+import pytest
+
 from placement.clock import FakeClock
 from placement.placer import Placer
 from placement.prewarm import Prewarmer
@@ -66,6 +68,8 @@ async def test_a_model_with_a_regular_gap_is_loaded_before_its_next_request_and_
     clock.advance(1)
     await serve(placer, "timer")  # the request finds the copy ready: no load
     assert backends["b1"].loads == loads
+    # The pre-warm's commit is no request: the learned gap still says 10 s, not the 1 s since the commit.
+    assert (await placer.store.prewarm_facts())["timer"][1] == pytest.approx(GAP)
     await tick(task)
     assert results == [("timer", "loaded"), ("timer", "used")]
     assert task.prewarmer.stats.used == 1
