@@ -80,7 +80,7 @@ class Gateway:
         self.prewarm: PrewarmTask | None = None
         if settings.placement.prewarm:
             p = self.placer
-            self.prewarm = PrewarmTask(self.store, p.view, p.loader, settings.placement, self.clock)
+            self.prewarm = PrewarmTask(self.store, p.view, p.loader, settings.placement, self.clock, health=p.health)
             self.prewarm.on_result = self.obs.prewarmed
         self.dataplane = DataPlane(self.placer, settings, self.metrics, obs=self.obs)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)

@@ -27,6 +27,7 @@ from placement.eviction import EvictionCandidate
 from placement.loader import Loader
 from placement.prewarm import Prewarmer
 from placement.records import CopyState
+from placement.redis_health import UNREACHABLE, RedisHealth
 from placement.settings import PlacementSettings
 from placement.store import RedisStore
 from placement.tasks import sleep_or_stop, stop_task
@@ -46,6 +47,7 @@ class PrewarmTask:
         settings: PlacementSettings,
         clock: Clock,
         prewarmer: Prewarmer | None = None,
+        health: RedisHealth | None = None,
     ) -> None:
         self.store = store
         self.view = view
@@ -53,6 +55,7 @@ class PrewarmTask:
         self.settings = settings
         self.clock = clock
         self.prewarmer = prewarmer or Prewarmer()
+        self.health = health  # while Redis is down, ticks are skipped (its one log line says so)
         # Results as they happen: loaded, skipped, failed, used, wasted, given_up (gateway metrics).
         self.on_result: Callable[[str, str], None] = lambda model, result: None
         self._token: int | None = None
@@ -80,12 +83,23 @@ class PrewarmTask:
 
     async def _every(self) -> None:
         while not await sleep_or_stop(self._stop, self.settings.prewarm_interval):
+            if self.health is not None and not self.health.up:
+                continue
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("pre-warm tick failed")
+            except Exception as exc:
+                self._failed("pre-warm tick", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if isinstance(exc, UNREACHABLE):
+            if self.health is not None:
+                self.health.mark_down(f"{type(exc).__name__}: {exc}")
+        elif isinstance(exc, PlacementError):
+            log.info("%s failed: %s", what, exc)
+        else:
+            log.exception("%s failed", what)
 
     async def tick(self) -> None:
         """One round: keep (or take) the lease; if leader, settle pre-warms and start at most one."""
@@ -135,11 +149,11 @@ class PrewarmTask:
         self._token = await self.store.lease_try(LEASE, ttl)
         if self._token is None:
             if was:
-                log.info("no longer the pre-warm leader")
+                log.debug("no longer the pre-warm leader")
                 self._started.clear()  # the new leader cannot tell us how they ended
             return False
         if not was:
-            log.info("pre-warm leader (token %d)", self._token)
+            log.debug("pre-warm leader (token %d)", self._token)
         return True
 
     def _load_under_way(self) -> bool:
@@ -171,8 +185,8 @@ class PrewarmTask:
     async def _prewarm(self, model: str, worth: float) -> None:
         try:
             backend = await self.loader.prewarm(model, worth, self._busy_window())
-        except PlacementError as exc:
-            log.info("pre-warm of %s failed: %s", model, exc)
+        except Exception as exc:
+            self._failed(f"pre-warm of {model}", exc)
             self.on_result(model, "failed")
             return
         if backend is None:
