@@ -161,7 +161,7 @@ class Loader:
             backend = await self._prewarm_slot(spec, token, worth, busy_window)
             if backend is None:
                 raise PrewarmSkipped(name)
-            return await self._load(spec, backend, token, used=False)
+            return await self._load(spec, backend, token)
 
     async def _prewarm_slot(self, spec: ModelSpec, token: int, worth: float, busy_window: float) -> str | None:
         """One pass, never waiting: free room, else one eviction of a cheaper idle copy, then one reservation."""
@@ -293,7 +293,7 @@ class Loader:
             backend = await self._reserve(spec, token, deadline)
         return await self._load(spec, backend, token)
 
-    async def _load(self, spec: ModelSpec, backend: str, token: int, used: bool = True) -> str:
+    async def _load(self, spec: ModelSpec, backend: str, token: int) -> str:
         name = spec.name
         started = _loop_time()
         log.debug("loading %s on %s", name, backend, extra={"event": "load_started", "model": name, "backend": backend})
@@ -346,7 +346,7 @@ class Loader:
             raise LoadFailed(
                 f"model {name!r} failed to load on backend {backend}: {reason}", reason, float(delay)
             ) from exc
-        result = await self.store.commit(backend, name, token, self.clock.now(), used)
+        result = await self.store.commit(backend, name, token, self.clock.now())
         if result != "ok":
             # Our lease expired and someone else owns the load now; we may not write. They will adopt it.
             raise LeaseLost(f"the load of {name!r} on {backend} could not be committed ({result})")

@@ -96,7 +96,7 @@ return 'ok'
 """
 
 _COMMIT = """
-local copies, lease, mkey, lru, lastused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local copies, lease, mkey, lru = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local model, token, now, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('GET', lease) ~= token then return 'fenced' end
 local cur = redis.call('HGET', copies, model)
@@ -108,7 +108,6 @@ redis.call('HSET', copies, model, cjson.encode(c))
 redis.call('HINCRBY', mkey, 'loads', 1)
 redis.call('HSET', mkey, 'failures', 0, 'last_error', '', 'retry_at', 0)
 redis.call('ZADD', lru, now, model)
-if ARGV[6] ~= '0' then redis.call('ZADD', lastused, now, model) end
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='ready'}))
 return 'ok'
 """
@@ -472,9 +471,10 @@ class RedisStore:
         res = await self._adopt(keys=[self.k_copies(bid), self.k_lease(model)], args=[model, token])
         return _s(res)
 
-    async def commit(self, bid: str, model: str, token: int, now: float, used: bool = True) -> str:
-        """Mark a loaded copy ready. `used=False` (a pre-warm) leaves the model's last use anywhere as it was:
-        no request asked for it, and its learned gap between requests must not see one."""
+    async def commit(self, bid: str, model: str, token: int, now: float) -> str:
+        """Mark a loaded copy ready. The model's last use anywhere (p:lastused) is left to the usage flushes: a
+        load is no request, and the learned gap between requests (`touch_many`) must not count one (it did: the
+        first request after every demand load saw a gap of milliseconds, and a pre-warm a phantom request)."""
         self._count("script")
         res = await self._commit(
             keys=[
@@ -482,9 +482,8 @@ class RedisStore:
                 self.k_lease(model),
                 self.k_model(model),
                 self.k_lru(bid),
-                f"{self.p}:lastused",
             ],
-            args=[model, token, now, self.events, bid, int(used)],
+            args=[model, token, now, self.events, bid],
         )
         return _s(res)
 

@@ -21,10 +21,11 @@ from tests.placement.test_loader import triton
 GAP = 10.0
 
 
-async def serve(placer: Placer, model: str) -> None:
+async def serve(placer: Placer, clock: FakeClock, model: str) -> None:
     """One request for `model` through `placer` (loading it on demand), flushed to Redis as usage."""
     backend = await placer.ensure(model)
     placer.usage.start(model, backend)
+    clock.advance(0.01)  # the request takes a moment after the load committed
     placer.usage.finish(model, backend)
     await placer.store.touch_many(placer.usage.drain(), placer.usage.drain_requests())
 
@@ -34,7 +35,7 @@ async def regular(placer: Placer, clock: FakeClock, model: str, times: int) -> N
     for i in range(times):
         if i:
             clock.advance(GAP)
-        await serve(placer, model)
+        await serve(placer, clock, model)
     for bid in placer.view.ready_backends(model):
         assert await placer.loader.unload_copy(model, bid, reason="admin")
 
@@ -66,10 +67,11 @@ async def test_a_model_with_a_regular_gap_is_loaded_before_its_next_request_and_
     assert task.leader and "timer" in backends["b1"].held and results == [("timer", "loaded")]
     loads = list(backends["b1"].loads)
     clock.advance(1)
-    await serve(placer, "timer")  # the request finds the copy ready: no load
+    await serve(placer, clock, "timer")  # the request finds the copy ready: no load
     assert backends["b1"].loads == loads
-    # The pre-warm's commit is no request: the learned gap still says 10 s, not the 1 s since the commit.
-    assert (await placer.store.prewarm_facts())["timer"][1] == pytest.approx(GAP)
+    # Loads are no requests: the learned gap says 10 s, not the moment between a load and its first request,
+    # nor the 1 s since the pre-warm's commit.
+    assert (await placer.store.prewarm_facts())["timer"][1] == pytest.approx(GAP, abs=0.02)
     await tick(task)
     assert results == [("timer", "loaded"), ("timer", "used")]
     assert task.prewarmer.stats.used == 1
@@ -85,7 +87,7 @@ async def test_a_prewarm_evicts_only_an_idle_copy_worth_less_never_one_in_flight
     await register(placer, backends, {"b1": 1}, [triton("timer"), triton("busy")])
     await other.sync.resync()
     await regular(placer, clock, "timer", 3)
-    await serve(placer, "busy")
+    await serve(placer, clock, "busy")
     clock.advance(60)  # busy is long idle here...
     loader = placer.loader
     placer.usage.start("busy", "b1")  # ...but a request is in flight on this gateway
@@ -153,7 +155,7 @@ async def test_a_demand_request_that_joined_a_prewarm_which_stood_aside_loads_on
 ) -> None:
     placer = await make_placer(eviction_policy="nextuse")
     await register(placer, backends, {"b1": 1}, [triton("timer"), triton("held")])
-    await serve(placer, "held")
+    await serve(placer, clock, "held")
     clock.advance(60)
     # Worth nothing, the pre-warm will stand aside. Tasks start in order: the pre-warm registers its load
     # before the request looks, so the request joins it, then loads on demand.
@@ -182,7 +184,7 @@ async def test_a_model_whose_prewarms_keep_missing_is_given_up(
         await tick(task)
         assert results[-1][1] in ("wasted", "given_up")
         clock.advance(1)
-        await serve(placer, "flaky")  # it comes after the copy went: a demand load
+        await serve(placer, clock, "flaky")  # it comes after the copy went: a demand load
         assert await placer.loader.unload_copy("flaky", "b1", reason="evicted")
     assert results == [
         ("flaky", "loaded"),
