@@ -256,6 +256,13 @@ class TFServingAdapter:
         states = await asyncio.gather(*(self.versions(n) for n in ordered))
         return {n for n, vs in zip(ordered, states, strict=True) if any(v.state in _HOLDING for v in vs)}
 
+    async def loaded_among(self, names: list[str]) -> set[str]:
+        """Which of `names` TF Serving holds now (GetModelStatus of each): after Redis lost the lists `loaded()`
+        reads its names from, the registered models are the candidates."""
+        ordered = sorted(set(names))
+        states = await asyncio.gather(*(self.versions(n) for n in ordered))
+        return {n for n, vs in zip(ordered, states, strict=True) if any(v.state in _HOLDING for v in vs)}
+
     async def healthy(self) -> bool:
         try:
             await self.versions(_PROBE, 2.0)

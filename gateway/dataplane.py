@@ -43,6 +43,7 @@ from gateway.settings import Settings
 from gateway.shadows import ShadowJob, Shadows
 from gateway.tracing import Tracing
 from placement.errors import UnknownModel
+from placement.health import gateway_failure
 from placement.placer import Placer
 from placement.records import HedgePolicy, RouteSpec
 from placement.route_stats import RouteStats
@@ -131,6 +132,15 @@ class DataPlane:
         self._hedge_budgets: dict[str, HedgeBudget] = {}
         self._latencies: dict[str, LatencyWindow] = {}
         self._hedges = {r: metrics.hedges.labels(r) for r in ("sent", "won", "refused_budget", "no_copy")}
+        placer.view.outliers.on_eject = self._ejected
+
+    def _ejected(self, backend: str, seconds: float) -> None:
+        """Passive outlier ejection (placement.health) took `backend` out of this gateway's rotation."""
+        self.metrics.ejections.labels(backend).inc()
+        log.warning("backend %s ejected from this gateway's rotation for %.0f s: failures in a row", backend, seconds)
+
+    def _outcome(self, backend: str, ok: bool) -> None:
+        self.placer.view.outliers.record(backend, ok, len(self.placer.view.backends))
 
     async def aclose(self) -> None:
         await self.shadows.aclose()
@@ -378,8 +388,13 @@ class DataPlane:
                 request = ForwardRequest(
                     call.protocol, call.method, model, call.version, call.op, body, sent.headers, timeout
                 )
-                resp = await self.placer.adapter(backend).forward(request)
+                try:
+                    resp = await self.placer.adapter(backend).forward(request)
+                except BackendUnavailable:  # not BackendTimeout: a slow model is not a failing backend
+                    self._outcome(backend, False)
+                    raise
                 sent.status = resp.status
+                self._outcome(backend, not gateway_failure(call.protocol, resp.status))
                 return resp
         finally:
             usage.finish(model, backend)

@@ -274,6 +274,11 @@ class Metrics:
             "counts models whose pre-warms kept missing and are no longer pre-warmed.",
             ["result"],
         )
+        self.ejections = self._counter(
+            "modelyard_backend_ejections",
+            "Times this gateway's data plane ejected a backend from its rotation (failures in a row).",
+            ["backend"],
+        )
         # -- routes, retries, hedges, shadows (gateway.dataplane and its helpers move these) ------------------
         self.retries = self._counter(
             "modelyard_retries",

@@ -16,6 +16,7 @@ from adapters.errors import BackendError
 from placement.errors import Conflict, InvalidSpec, NotFound, Unplaceable
 from placement.placer import Placer
 from placement.records import BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, check_name
+from placement.store import version
 
 
 def _loop_time() -> float:
@@ -49,6 +50,7 @@ class Registry:
                 )
         await self.store.put_backend(spec)
         self.view.set_backend(backend_id, await self.store.get_backend(backend_id))
+        self.view.versions[f"backend:{backend_id}"] = version()
         await self.placer.reconciler.check_health()
         log.info(
             "backend %s registered: %s %s, capacity %s",
@@ -96,6 +98,7 @@ class Registry:
             await self.store.remove_copy(backend_id, c.model, None)
         await self.store.delete_backend(backend_id)
         self.view.set_backend(backend_id, None)
+        self.view.tombstones[f"backend:{backend_id}"] = version()  # re-seeded if Redis loses data (rebuild)
         log.info(
             "backend %s drained (%d models unloaded) and removed",
             backend_id,
@@ -177,6 +180,7 @@ class Registry:
 
     def _registered(self, spec: ModelSpec) -> None:
         self.view.set_model(spec.name, spec)
+        self.view.versions[f"model:{spec.name}"] = version()
         log.info(
             "model %s registered: %s",
             spec.name,
@@ -216,6 +220,7 @@ class Registry:
             await self.store.remove_copy(c.backend, name, None)
         await self.store.delete_model(name)
         self.view.set_model(name, None)
+        self.view.tombstones[f"model:{name}"] = version()  # re-seeded if Redis loses data (rebuild)
         log.info("model %s deleted", name, extra={"event": "admin", "action": "delete_model", "model": name})
         return {"name": name, "deleted": True, "unloaded_from": unloaded}
 

@@ -14,6 +14,7 @@ from typing import Any
 from placement.errors import BadReference, Conflict, NotFound
 from placement.records import RouteSpec, check_name
 from placement.registry import Registry
+from placement.store import version
 
 log = logging.getLogger("modelyard.admin")
 
@@ -43,6 +44,7 @@ class RouteRegistry:
                 "all; make a route per runtime"
             )
         self.view.set_route(name, spec)
+        self.view.versions[f"route:{name}"] = version()
         log.info("route %s set: %s", name, spec.to_json())
         return spec.to_json()
 
@@ -60,6 +62,7 @@ class RouteRegistry:
         if not await self.store.delete_route(check_name("route", name)):
             raise NotFound(f"route {name!r} is not registered")
         self.view.set_route(name, None)
+        self.view.tombstones[f"route:{name}"] = version()  # re-seeded if Redis loses data (rebuild)
         log.info("route %s deleted", name)
         return {"name": name, "deleted": True}
 

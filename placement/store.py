@@ -20,6 +20,13 @@ Key layout (`p` is the configured prefix, default "modelyard"):
     p:loadsec                  HASH model -> learned seconds of one load (moving average; eviction weighs it)
     p:gaps                     HASH model -> learned mean seconds between its requests (written with usage)
     p:events                   pub/sub channel of JSON change events (see `placement.view`)
+    p:generation               STRING random id written once into an empty Redis; when it vanishes or changes,
+                               Redis lost data and the gateways rebuild it (`placement.rebuild`)
+    p:routever                 HASH route name -> version (the other records keep theirs in field `ver`)
+    p:tombstones               HASH "backend:id" / "model:name" / "route:name" -> version of the delete
+
+Versions are wall-clock milliseconds of the writing gateway: a re-seed after data loss keeps, per record, the
+highest version among what Redis has and what each gateway's view offers, deletes (tombstones) included.
 
 Rollouts and route statistics (the block at the end of `RedisStore`, `placement.rollout`, `placement.route_stats`):
 
@@ -44,6 +51,8 @@ Scripts use only EVAL/EVALSHA and cjson, so Redis 6.2, 7.x and Valkey all run th
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +63,21 @@ from placement.arrivals import WEIGHT
 from placement.records import BackendRecord, BackendSpec, CopyRecord, CopyState, ModelSpec, ModelStatus, RouteSpec
 from placement.route_stats import DISAGREEMENTS_KEPT, Batch, ModelCounts, RouteCounts, ShadowCounts
 
+# Returns 'full' unless one more copy of `bytes` fits the backend: its copies in any state but failed count.
+_FULL = """
+local cap_models = tonumber(redis.call('HGET', backend, 'cap_models'))
+local cap_bytes = tonumber(redis.call('HGET', backend, 'cap_bytes') or '-1')
+local n, used = 0, 0
+for _, v in ipairs(redis.call('HVALS', copies)) do
+  local c = cjson.decode(v)
+  if c.state ~= 'failed' then n = n + 1; used = used + (c.bytes or 0) end
+end
+if n + 1 > cap_models or (cap_bytes >= 0 and used + bytes > cap_bytes) then return 'full' end
+"""
+
 # Each script publishes its own event, so a change and its announcement can't be separated.
-_RESERVE = """
+_RESERVE = (
+    """
 local copies, where, backend = KEYS[1], KEYS[2], KEYS[3]
 local model, bytes, token, now, events, bid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', backend) == 0 then return 'gone' end
@@ -65,21 +87,15 @@ if cur then
   local c = cjson.decode(cur)
   if c.state ~= 'failed' then return 'exists:' .. c.state end
 end
-local cap_models = tonumber(redis.call('HGET', backend, 'cap_models'))
-local cap_bytes = tonumber(redis.call('HGET', backend, 'cap_bytes') or '-1')
-local n, used = 0, 0
-for _, v in ipairs(redis.call('HVALS', copies)) do
-  local c = cjson.decode(v)
-  if c.state ~= 'failed' then n = n + 1; used = used + (c.bytes or 0) end
-end
-if n + 1 > cap_models then return 'full' end
-if cap_bytes >= 0 and used + bytes > cap_bytes then return 'full' end
-local entry = {state='loading', token=tonumber(token), bytes=bytes, since=tonumber(now)}
+"""
+    + _FULL
+    + """local entry = {state='loading', token=tonumber(token), bytes=bytes, since=tonumber(now)}
 redis.call('HSET', copies, model, cjson.encode(entry))
 redis.call('SADD', where, bid)
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='loading'}))
 return 'ok'
 """
+)
 
 # Moves a loading copy left by a gateway whose lease is gone to the current lease holder.
 _ADOPT = """
@@ -95,10 +111,15 @@ redis.call('HSET', copies, model, cjson.encode(c))
 return 'ok'
 """
 
+# ARGV[6] 'orphan': the copy's load lost its gateway (no lease is held) and the backend holds the model ready,
+# so reconciliation commits it for the gone gateway instead of unloading a model that is serving-ready.
 _COMMIT = """
 local copies, lease, mkey, lru = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local model, token, now, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('GET', lease) ~= token then return 'fenced' end
+local holder = redis.call('GET', lease)
+if ARGV[6] == 'orphan' then
+  if holder then return 'leased' end
+elseif holder ~= token then return 'fenced' end
 local cur = redis.call('HGET', copies, model)
 if not cur then return 'lost' end
 local c = cjson.decode(cur)
@@ -236,6 +257,71 @@ end
 return 'ok'
 """
 
+# Re-seeds one registry record (or its tombstone) after Redis lost data, unless Redis already has a newer
+# version of it or a newer delete. KEYS: tombstones, backends set, models zset, routes hash, routever hash, the
+# record's own key (backend or model hash; the routes hash for a route). ARGV: kind, name, version, spec JSON
+# ('' for a tombstone), cap_models, cap_bytes, events.
+_SEED = """
+local tombs, bset, mset, routes, routever, own = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local kind, name, ver, spec, events = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[7]
+local tkey = kind .. ':' .. name
+local tver = tonumber(redis.call('HGET', tombs, tkey) or '-1')
+local cur
+if kind == 'route' then
+  cur = tonumber(redis.call('HGET', routever, name) or (redis.call('HEXISTS', routes, name) == 1 and '0' or '-1'))
+else
+  cur = tonumber(redis.call('HGET', own, 'ver') or (redis.call('HEXISTS', own, 'spec') == 1 and '0' or '-1'))
+end
+if ver <= tver or ver <= cur then return 'kept' end
+if spec == '' then
+  redis.call('HSET', tombs, tkey, ver)
+  if cur < 0 then return 'tomb' end
+  if kind == 'backend' then redis.call('SREM', bset, name); redis.call('DEL', own)
+  elseif kind == 'model' then redis.call('ZREM', mset, name); redis.call('DEL', own)
+  else redis.call('HDEL', routes, name); redis.call('HDEL', routever, name) end
+else
+  if kind == 'backend' then
+    redis.call('SADD', bset, name)
+    redis.call('HSET', own, 'spec', spec, 'cap_models', ARGV[5], 'cap_bytes', ARGV[6], 'ver', ver)
+    redis.call('HSETNX', own, 'healthy', '1'); redis.call('HSETNX', own, 'draining', '0')
+  elseif kind == 'model' then
+    redis.call('ZADD', mset, 0, name); redis.call('HSET', own, 'spec', spec, 'ver', ver)
+  else
+    redis.call('HSET', routes, name, spec); redis.call('HSET', routever, name, ver)
+  end
+end
+local ev = {t=kind}
+if kind == 'backend' then ev.b = name elseif kind == 'model' then ev.m = name else ev.r = name end
+redis.call('PUBLISH', events, cjson.encode(ev))
+return 'seeded'
+"""
+
+# Records a copy the backend reports holding and Redis doesn't know, as ready, if the model is registered for
+# the backend's runtime and fits the backend's capacity; never displaces a copy entry that exists.
+_ADOPT_HELD = (
+    """
+local copies, where, backend, mkey, lru, lastused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local model, now, events, bid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local bspec = redis.call('HGET', backend, 'spec')
+if not bspec then return 'gone' end
+local mspec = redis.call('HGET', mkey, 'spec')
+if not mspec then return 'unregistered' end
+local m = cjson.decode(mspec)
+if m.runtime ~= cjson.decode(bspec).kind then return 'unregistered' end
+local cur = redis.call('HGET', copies, model)
+if cur and cjson.decode(cur).state ~= 'failed' then return 'exists' end
+local bytes = tonumber(m.memory_bytes) or 0
+"""
+    + _FULL
+    + """redis.call('HSET', copies, model, cjson.encode({state='ready', token=0, bytes=bytes, since=now}))
+redis.call('SADD', where, bid)
+redis.call('ZADD', lru, 'NX', now, model)
+redis.call('ZADD', lastused, 'NX', now, model)
+redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='ready'}))
+return 'ok'
+"""
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -245,6 +331,11 @@ class Snapshot:
     models: dict[str, ModelSpec]
     copies: dict[str, dict[str, CopyRecord]]  # model -> backend -> copy
     routes: dict[str, RouteSpec] = field(default_factory=dict)
+    # Data-loss detection and re-seeding (placement.rebuild): the generation id (None: Redis has none), the
+    # version of each record ("kind:name" -> version) and the tombstones of deleted ones.
+    generation: str | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+    tombstones: dict[str, int] = field(default_factory=dict)
 
 
 # Each model's mean gap between requests (placement.arrivals.update_gap, the same rule): ARGV = weight, then
@@ -293,6 +384,8 @@ class RedisStore:
         self._lock_release = client.register_script(_LOCK_RELEASE)
         self._sent_set = client.register_script(_SENT_SET)
         self._put_route = client.register_script(_PUT_ROUTE)
+        self._seed = client.register_script(_SEED)
+        self._adopt_held = client.register_script(_ADOPT_HELD)
         self._load_seconds = client.register_script(_LOAD_SECONDS)
         self._gaps = client.register_script(_GAPS)
         self._rollout_write = client.register_script(_ROLLOUT_WRITE)
@@ -339,6 +432,7 @@ class RedisStore:
                     "spec": json.dumps(spec.to_json()),
                     "cap_models": spec.capacity.models,
                     "cap_bytes": cap_bytes,
+                    "ver": version(),
                 },
             )
             pipe.hsetnx(self.k_backend(spec.id), "healthy", "1")
@@ -366,6 +460,7 @@ class RedisStore:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.srem(f"{self.p}:backends", bid)
             pipe.delete(self.k_backend(bid), self.k_copies(bid), self.k_lru(bid), self.k_served(bid, "sent"))
+            pipe.hset(self.k_tombstones, f"backend:{bid}", version())
             pipe.publish(self.events, json.dumps({"t": "backend", "b": bid}))
             await pipe.execute()
 
@@ -374,7 +469,7 @@ class RedisStore:
         self._count("admin")
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.zadd(f"{self.p}:models", {spec.name: 0})
-            pipe.hset(self.k_model(spec.name), "spec", json.dumps(spec.to_json()))
+            pipe.hset(self.k_model(spec.name), mapping={"spec": json.dumps(spec.to_json()), "ver": version()})
             pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
             await pipe.execute()
 
@@ -385,7 +480,7 @@ class RedisStore:
             if specs:
                 pipe.zadd(f"{self.p}:models", {s.name: 0 for s in specs})
             for spec in specs:
-                pipe.hset(self.k_model(spec.name), "spec", json.dumps(spec.to_json()))
+                pipe.hset(self.k_model(spec.name), mapping={"spec": json.dumps(spec.to_json()), "ver": version()})
                 pipe.publish(self.events, json.dumps({"t": "model", "m": spec.name}))
             await pipe.execute()
 
@@ -401,6 +496,7 @@ class RedisStore:
             pipe.zrem(f"{self.p}:lastused", name)
             pipe.hdel(f"{self.p}:requests", name)
             pipe.delete(self.k_model(name), self.k_where(name))
+            pipe.hset(self.k_tombstones, f"model:{name}", version())
             pipe.publish(self.events, json.dumps({"t": "model", "m": name}))
             await pipe.execute()
 
@@ -471,10 +567,12 @@ class RedisStore:
         res = await self._adopt(keys=[self.k_copies(bid), self.k_lease(model)], args=[model, token])
         return _s(res)
 
-    async def commit(self, bid: str, model: str, token: int, now: float) -> str:
-        """Mark a loaded copy ready. The model's last use anywhere (p:lastused) is left to the usage flushes: a
-        load is no request, and the learned gap between requests (`touch_many`) must not count one (it did: the
-        first request after every demand load saw a gap of milliseconds, and a pre-warm a phantom request)."""
+    async def commit(self, bid: str, model: str, token: int, now: float, orphan: bool = False) -> str:
+        """Mark a loading copy ready: 'ok', 'fenced' (the lease moved on) or 'lost' (the copy changed). With
+        `orphan`, for a load whose gateway is gone: only while nobody holds the model's lease ('leased').
+        The model's last use anywhere (p:lastused) is left to the usage flushes: a load is no request, and the
+        learned gap between requests (`touch_many`) must not count one (it did: the first request after every
+        demand load saw a gap of milliseconds, and a pre-warm a phantom request)."""
         self._count("script")
         res = await self._commit(
             keys=[
@@ -483,7 +581,7 @@ class RedisStore:
                 self.k_model(model),
                 self.k_lru(bid),
             ],
-            args=[model, token, now, self.events, bid],
+            args=[model, token, now, self.events, bid, "orphan" if orphan else ""],
         )
         return _s(res)
 
@@ -607,6 +705,8 @@ class RedisStore:
             keys=[f"{self.p}:routes", self.k_model(spec.name), *(self.k_model(m) for m in models)],
             args=[spec.name, json.dumps(spec.to_json()), self.events, *models],
         )
+        if _s(res) == "ok":
+            await self.r.hset(f"{self.p}:routever", spec.name, version())
         return _s(res)
 
     async def get_route(self, name: str) -> RouteSpec | None:
@@ -628,7 +728,9 @@ class RedisStore:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(f"{self.p}:routes", name)
             pipe.publish(self.events, json.dumps({"t": "route", "r": name}))
-            deleted, _ = await pipe.execute()
+            pipe.hdel(f"{self.p}:routever", name)
+            pipe.hset(self.k_tombstones, f"route:{name}", version())
+            deleted, *_ = await pipe.execute()
         return bool(deleted)
 
     # -- leases ----------------------------------------------------------------------------------------
@@ -686,8 +788,10 @@ class RedisStore:
     async def snapshot(self) -> Snapshot:
         """Read the whole registry; used when a view starts, reconnects, or resyncs."""
         self._count("snapshot")
+        generation = await self.generation()  # first: a loss after this read is seen at the next look
         bids = sorted(_s(b) for b in await self.r.smembers(f"{self.p}:backends"))
         backends: dict[str, BackendRecord] = {}
+        versions: dict[str, int] = {}
         copies: dict[str, dict[str, CopyRecord]] = {}
         async with self.r.pipeline(transaction=False) as pipe:
             for bid in bids:
@@ -699,6 +803,7 @@ class RedisStore:
             if rec is None:
                 continue
             backends[bid] = rec
+            versions[f"backend:{bid}"] = int(raws[2 * i].get(b"ver", b"0"))
             for m, raw in raws[2 * i + 1].items():
                 name = _s(m)
                 copies.setdefault(name, {})[bid] = _copy_from_json(name, bid, raw)
@@ -708,12 +813,60 @@ class RedisStore:
             chunk = names[start : start + 500]
             async with self.r.pipeline(transaction=False) as pipe:
                 for n in chunk:
-                    pipe.hget(self.k_model(n), "spec")
+                    pipe.hmget(self.k_model(n), "spec", "ver")
                 specs = await pipe.execute()
-            for n, raw in zip(chunk, specs, strict=True):
+            for n, (raw, ver) in zip(chunk, specs, strict=True):
                 if raw:
                     models[n] = ModelSpec.from_json(json.loads(raw))
-        return Snapshot(backends, models, copies, await self.routes())
+                    versions[f"model:{n}"] = int(ver or 0)
+        routes = await self.routes()
+        for rn, rver in (await self.r.hgetall(f"{self.p}:routever")).items():
+            if _s(rn) in routes:
+                versions[f"route:{_s(rn)}"] = int(rver)
+        tombs = {_s(k): int(v) for k, v in (await self.r.hgetall(self.k_tombstones)).items()}
+        return Snapshot(backends, models, copies, routes, generation, versions, tombs)
+
+    # -- data loss: generation, re-seeding, adopting what backends hold (placement.rebuild) ----------------
+    @property
+    def k_tombstones(self) -> str:
+        return f"{self.p}:tombstones"
+
+    async def generation(self) -> str | None:
+        """The generation id, or None when Redis has none (it is new, or lost its data)."""
+        self._count("read")
+        raw = await self.r.get(f"{self.p}:generation")
+        return _s(raw) if raw is not None else None
+
+    async def ensure_generation(self) -> str:
+        """Write a new generation id unless one exists (the first gateway to notice wins); return the current."""
+        self._count("admin")
+        await self.r.set(f"{self.p}:generation", secrets.token_hex(8), nx=True)
+        return await self.generation() or ""
+
+    async def seed(self, kind: str, name: str, ver: int, spec: BackendSpec | ModelSpec | RouteSpec | None) -> str:
+        """Re-seed one record (`spec` None: its tombstone) unless Redis has a newer version or a newer delete:
+        'seeded', 'tomb' (a tombstone written) or 'kept'. Idempotent, so every gateway that noticed may run it."""
+        self._count("admin")
+        own = self.k_backend(name) if kind == "backend" else self.k_model(name) if kind == "model" else ""
+        own = own or f"{self.p}:routes"
+        cap_models, cap_bytes = 0, -1
+        if isinstance(spec, BackendSpec):
+            cap_models = spec.capacity.models
+            cap_bytes = spec.capacity.memory_bytes if spec.capacity.memory_bytes is not None else -1
+        keys = [self.k_tombstones, f"{self.p}:backends", f"{self.p}:models", f"{self.p}:routes"]
+        res = await self._seed(
+            keys=[*keys, f"{self.p}:routever", own],
+            args=[kind, name, ver, json.dumps(spec.to_json()) if spec else "", cap_models, cap_bytes, self.events],
+        )
+        return _s(res)
+
+    async def adopt_held(self, bid: str, model: str, now: float) -> str:
+        """Record a model the backend holds and Redis doesn't know as a ready copy: 'ok', 'exists', 'full',
+        'unregistered' (not registered, or for another runtime) or 'gone' (no such backend)."""
+        self._count("script")
+        keys = [self.k_copies(bid), self.k_where(model), self.k_backend(bid), self.k_model(model), self.k_lru(bid)]
+        res = await self._adopt_held(keys=[*keys, f"{self.p}:lastused"], args=[model, now, self.events, bid])
+        return _s(res)
 
     # -- rollouts and route statistics (placement.rollout, placement.route_stats) ---------------------------
     def k_rstat(self, route: str) -> str:
@@ -805,6 +958,11 @@ class RedisStore:
             ],
         )
         return _s(res)
+
+
+def version() -> int:
+    """A record's version: wall-clock milliseconds of the writer (see the module docstring for the limits)."""
+    return time.time_ns() // 1_000_000
 
 
 def _s(v: Any) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from placement.clock import SystemClock
+from placement.health import OutlierEjector
 from placement.records import BackendRecord, CopyState, ModelSpec, RouteSpec
 from placement.redis_health import RedisHealth
 from placement.store import RedisStore, Snapshot
@@ -44,11 +45,25 @@ class PlacementView:
         self._slot_waiters: list[asyncio.Future[None]] = []
         self.on_backends_changed: Callable[[], None] | None = None
         self.on_route_event: Callable[[str], None] | None = None
+        # Data loss (placement.rebuild): the generation of Redis this view mirrors, the versions of its records
+        # and the tombstones it knows ("kind:name" -> version). A snapshot of another generation (or none) is not
+        # loaded over the registry: `on_generation_lost` is called, and the view keeps serving what it has.
+        self.generation: str | None = None
+        self.versions: dict[str, int] = {}
+        self.tombstones: dict[str, int] = {}
+        self.on_generation_lost: Callable[[], None] | None = None
+        # Passive outlier ejection (placement.health): backends this gateway's data plane saw failing.
+        self.outliers: OutlierEjector = OutlierEjector(SystemClock())
 
     # -- reads on the request path ---------------------------------------------------------------------
     def usable(self, backend: str) -> bool:
         rec = self.backends.get(backend)
-        return rec is not None and not rec.draining and self.reachable.get(backend, True)
+        return (
+            rec is not None
+            and not rec.draining
+            and self.reachable.get(backend, True)
+            and not self.outliers.ejected(backend)
+        )
 
     def ready_backends(self, model: str) -> list[str]:
         held = self.copies.get(model)
@@ -58,6 +73,20 @@ class PlacementView:
 
     # -- updates ---------------------------------------------------------------------------------------
     def load_snapshot(self, snap: Snapshot) -> None:
+        if (
+            snap.generation is None
+            or (self.generation is not None and snap.generation != self.generation)
+            or self._records_lost(snap)
+        ):
+            # Redis is new or lost data: keep serving from what this view holds until it is rebuilt.
+            if self.on_generation_lost is not None:
+                self.on_generation_lost()
+            if self.generation is not None:
+                return
+        self.generation = snap.generation
+        for key, ver in snap.tombstones.items():
+            self.tombstones[key] = max(ver, self.tombstones.get(key, 0))
+        self.versions = dict(snap.versions)
         self.backends = dict(snap.backends)
         self.models = dict(snap.models)
         self.routes = dict(snap.routes)
@@ -65,6 +94,18 @@ class PlacementView:
         self._notify_all()
         if self.on_backends_changed:
             self.on_backends_changed()
+
+    def _records_lost(self, snap: Snapshot) -> bool:
+        """A record this view holds that the snapshot lacks with no delete (tombstone) to say why: Redis lost it
+        while keeping its generation (a failover to a replica that was behind)."""
+        if self.generation is None:
+            return False
+        held = [
+            *(f"backend:{b}" for b in self.backends if b not in snap.backends),
+            *(f"model:{m}" for m in self.models if m not in snap.models),
+            *(f"route:{r}" for r in self.routes if r not in snap.routes),
+        ]
+        return any(snap.tombstones.get(key, -1) < self.versions.get(key, 0) for key in held)
 
     def set_copy(self, model: str, backend: str, state: CopyState | None) -> None:
         if state is None:

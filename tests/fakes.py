@@ -29,6 +29,7 @@ class FakeBackend:
         self.fail: dict[str, str] = {}  # model -> reason its load fails with
         self.load_delay = 0.0
         self.gate: asyncio.Event | None = None  # when set, loads wait for it
+        self.up = True  # what its health check answers
 
     def note(self) -> None:
         self.max_held = max(self.max_held, len(self.held))
@@ -59,7 +60,7 @@ class FakeAdapter:
         return set(self.b.held)
 
     async def healthy(self) -> bool:
-        return True
+        return self.b.up
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
         if request.model not in self.b.held:

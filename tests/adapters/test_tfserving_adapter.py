@@ -128,3 +128,15 @@ async def test_an_unreachable_backend_is_unhealthy(tmp_path: Path) -> None:
     ad = TFServingAdapter("gone", f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", Lists())
     assert not await ad.healthy()
     await ad.aclose()
+
+
+async def test_after_the_lists_are_lost_the_registered_names_find_what_it_holds(
+    adapter: tuple[TFServingAdapter, Lists],
+) -> None:
+    ad, lists = adapter
+    lists.wanted_models["a"] = None
+    await ad.load(LoadRequest("a"))
+    lists.wanted_models.clear()
+    lists.sent_value = None  # Redis lost the lists: loaded() knows no names any more
+    assert await ad.loaded() == set()
+    assert await ad.loaded_among(["a", "b", "never-registered"]) == {"a"}  # GetModelStatus of each name

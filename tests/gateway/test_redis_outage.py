@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,15 +23,9 @@ from gateway.embedded_redis import RedisServer
 from gateway.readiness import readiness
 from gateway.settings import Settings
 from tests.gateway.conftest import TOKEN, check_answer, infer_body
+from tests.waiting import eventually
 
 WARM, COLD, COLD2 = "m037", "m038", "m039"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.05)
 
 
 def metric(c: httpx.Client, name: str) -> float:

@@ -8,22 +8,15 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from tests.gateway.conftest import StartGateway, check_answer, infer_body
+from tests.waiting import eventually
 
 USERS = [f"u{i}" for i in range(16)]
-
-
-def eventually(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.05)
 
 
 def infer(gw: GatewayProcess, name: str, headers: dict[str, str]) -> httpx.Response:

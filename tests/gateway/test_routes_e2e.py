@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import tritonclient.grpc as triton_grpc
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from deploy.localstack.triton import TritonServer, free_port
 from tests.gateway.conftest import StartGateway, check_answer, infer_body
+from tests.waiting import eventually
 
 
 def put_route(stack: LocalStack, gw: GatewayProcess, name: str, body: dict[str, Any]) -> httpx.Response:
@@ -43,13 +43,6 @@ def metric(gw: GatewayProcess, line_start: str) -> float:
         if line.startswith(line_start + " "):
             return float(line.split()[-1])
     return 0.0
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture

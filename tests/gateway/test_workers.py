@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,16 +17,9 @@ from tritonclient.grpc import service_pb2 as pb
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from tests.gateway.conftest import MODELS, TOKEN, check_answer, infer_body
+from tests.waiting import eventually as wait_for
 
 COLD = MODELS[7]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

@@ -335,3 +335,33 @@ async def test_shadows_get_their_percent_of_the_requests(env: Any, script: Scrip
     sent = e.metric("modelyard_shadows_total", route="r", result="sent")
     dropped = e.metric("modelyard_shadows_dropped_total", route="r", reason="queue_full")
     assert sent == 256 and abs((sent + dropped) / 2000 - 0.30) < 0.03
+
+
+async def test_gateway_failures_in_a_row_eject_a_backend_and_a_models_500s_do_not(env: Any, script: Script) -> None:
+    e: Env = await env(model("m"), copies={"m": 2})
+    view = e.dp.placer.view
+    failing: dict[str, int] = {"b1": 500}
+
+    async def answer(backend: str, request: ForwardRequest) -> ForwardResponse | None:
+        status = failing.get(backend)
+        return ForwardResponse(status, [], b'{"error": "x"}') if status else None
+
+    script.rule = answer
+    for _ in range(20):  # the model's own errors: passed through, never held against the backend
+        await e.infer("m")
+    assert not view.outliers.ejected("b1") and sum(1 for b, _ in script.sent if b == "b1") >= 5
+    failing["b1"] = 502
+    for _ in range(40):
+        await e.infer("m")
+        if view.outliers.ejected("b1"):
+            break
+    assert view.outliers.ejected("b1") and not view.outliers.ejected("b2")
+    assert e.metric("modelyard_backend_ejections_total", backend="b1") == 1
+    mark = len(script.sent)
+    for _ in range(5):
+        assert (await e.infer("m")).response.status == 200
+    assert {b for b, _ in script.sent[mark:]} == {"b2"}  # out of this gateway's rotation
+    failing["b2"] = 503  # every backend failing: the cap keeps the last one in rotation
+    for _ in range(10):
+        await e.infer("m")
+    assert not view.outliers.ejected("b2")

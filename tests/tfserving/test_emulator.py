@@ -38,6 +38,7 @@ from tests.tfserving_models import (
     model_config_text,
 )
 from tests.tfserving_stack import TFServingEmulator
+from tests.waiting import eventually as wait_for
 
 State = get_model_status_pb2.ModelVersionStatus
 
@@ -143,14 +144,6 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
 
 
 def example(x: list[float]) -> example_pb2.Example:
