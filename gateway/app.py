@@ -27,6 +27,7 @@ from gateway.stats import BackendStats
 from gateway.tracing import Tracing
 from placement.clock import Clock, SystemClock
 from placement.placer import Placer
+from placement.prewarm_task import PrewarmTask
 from placement.records import BackendSpec
 from placement.registry import Registry
 from placement.rollouts import Rollouts
@@ -76,6 +77,11 @@ class Gateway:
         events.on_join = self.obs.joined
         if self.tracing.enabled:
             events.wrap_load = self.tracing.wrap_load
+        self.prewarm: PrewarmTask | None = None
+        if settings.placement.prewarm:
+            p = self.placer
+            self.prewarm = PrewarmTask(self.store, p.view, p.loader, settings.placement, self.clock, health=p.health)
+            self.prewarm.on_result = self.obs.prewarmed
         self.dataplane = DataPlane(self.placer, settings, self.metrics, obs=self.obs)
         self.http = HttpDataPlane(self.dataplane, self.metrics, settings.max_body_bytes)
         self.grpc = GrpcDataPlane(self.dataplane, self.metrics)  # served by gateway.server on --grpc-port
@@ -125,6 +131,8 @@ class Gateway:
         self.dataplane.ready = True
         self._ticking = asyncio.create_task(self._tick(), name="modelyard-metrics")
         self.rollouts.start()
+        if self.prewarm is not None:
+            self.prewarm.start()
         log.info(
             "placement synced with Redis: %d backends, %d models",
             len(self.placer.view.backends),
@@ -147,6 +155,8 @@ class Gateway:
                 await self._starting
         await stop_task(self._ticking, self._stop)
         await self.rollouts.stop()
+        if self.prewarm is not None:
+            await self.prewarm.stop()
         await self.dataplane.aclose()
         await self.source_poller.stop()
         await self.placer.stop()

@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="regex of request headers passed on to the backend over HTTP (like Triton's "
         "--http-header-forward-pattern); credentials and hop-by-hop headers only when named in it",
     )
+    add(
+        "--prewarm",
+        "MODELYARD_PREWARM",
+        "on",
+        help="on: load a model shortly before its expected next request, learned from its arrivals, into free "
+        "room or in place of a copy worth less (one gateway does it for all; docs/benchmarks.md); off: load on "
+        "demand only",
+    )
     return parser
 
 
@@ -157,6 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
     if args.eviction not in EVICTIONS:
         raise SystemExit(f"modelyard: --eviction must be one of {', '.join(EVICTIONS)}, got {args.eviction!r}")
+    if args.prewarm not in ("on", "off"):
+        raise SystemExit(f"modelyard: --prewarm must be on or off, got {args.prewarm!r}")
     try:
         workers = parse_workers(args.workers)
     except ValueError as exc:
@@ -192,6 +202,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             usage_flush_interval=args.usage_flush_interval,
             scale_up_rate=args.copy_scale_up_rate,
             eviction_policy=args.eviction,
+            prewarm=args.prewarm == "on",
         ),
         sources=SourceSettings(
             cache_dir=args.model_cache_dir,

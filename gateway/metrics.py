@@ -266,6 +266,14 @@ class Metrics:
             ["backend"],
             IDLE_BUCKETS,
         )
+        self.prewarm_loads = self._counter(
+            "modelyard_prewarm_loads",
+            "Pre-warms this gateway did as the pre-warm leader (--prewarm on), by result: loaded (a copy was "
+            "loaded ahead of its expected request), skipped (no room it may take, or a load under way), failed, "
+            "and how loaded copies ended: used (asked for before eviction), wasted (evicted unused); given_up "
+            "counts models whose pre-warms kept missing and are no longer pre-warmed.",
+            ["result"],
+        )
         self.ejections = self._counter(
             "modelyard_backend_ejections",
             "Times this gateway's data plane ejected a backend from its rotation (failures in a row).",

@@ -175,6 +175,10 @@ class Observer:
                 {"modelyard.model": model, "modelyard.backend": backend, "modelyard.idle_seconds": idle_seconds},
             )
 
+    def prewarmed(self, model: str, result: str) -> None:
+        """placement.prewarm_task.PrewarmTask.on_result: one pre-warm's outcome."""
+        self.metrics.prewarm_loads.child(result).inc()
+
     def joined(self, model: str) -> None:
         self._joins.inc()
         if self.tracing.enabled:

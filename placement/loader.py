@@ -43,6 +43,10 @@ def _loop_time() -> float:
 log = logging.getLogger("modelyard.placement")
 
 
+class PrewarmSkipped(Exception):
+    """A pre-warm stood aside (no room it may take, a load under way, the model loading elsewhere)."""
+
+
 def _no_wrap(model: str, load: Coroutine[Any, Any, str]) -> Coroutine[Any, Any, str]:
     return load
 
@@ -95,9 +99,7 @@ class Loader:
         task = self._tasks.get(name)
         if task is None:
             load = self.events.wrap_load(name, self._ensure_task(name))
-            task = asyncio.create_task(load, name=f"modelyard-load-{name}")
-            self._tasks[name] = task
-            task.add_done_callback(lambda _t: self._tasks.pop(name, None))
+            task = self._track(name, load)
         else:
             self.events.joined += 1
             self.events.on_join(name)
@@ -110,6 +112,88 @@ class Loader:
                 f"model {name!r} is not ready after waiting {wait:g} s for its load; try again shortly",
                 retry_after=max(1.0, self.settings.wait_poll * 4),
             ) from None
+        except PrewarmSkipped:
+            # We joined a pre-warm that found no room it may take: load on demand instead.
+            if self._tasks.get(name) is task:
+                self._tasks.pop(name, None)
+            return await self.ensure(name, timeout)
+
+    def _track(self, name: str, load: Coroutine[Any, Any, str]) -> asyncio.Task[str]:
+        task = asyncio.create_task(load, name=f"modelyard-load-{name}")
+        self._tasks[name] = task
+        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
+        return task
+
+    def loading(self) -> bool:
+        """Whether this process has a load (demand or pre-warm) under way."""
+        return bool(self._tasks)
+
+    # -- pre-warming (placement.prewarm_task) ----------------------------------------------------------
+    async def prewarm(self, name: str, worth: float, busy_window: float) -> str | None:
+        """Load `name` ahead of demand, as a low-priority load; the backend, or None when it stood aside.
+
+        Same lease, fencing and commit as a demand load (a request for `name` meanwhile joins it), but it never
+        waits: it takes free room, or evicts one ready copy the eviction policy scores below `worth` (the
+        model's own score) that no request used for `busy_window` seconds (other gateways' requests in flight
+        refresh a copy's last use at every usage flush) and none is in flight on here; otherwise None. It
+        stands aside (None) while this process has any load under way."""
+        if self._tasks or any(s.holds_slot for s in self.view.copies.get(name, {}).values()):
+            return None
+        task = self._track(name, self.events.wrap_load(name, self._prewarm_task(name, worth, busy_window)))
+        try:
+            return await asyncio.shield(task)
+        except PrewarmSkipped:
+            return None
+
+    async def _prewarm_task(self, name: str, worth: float, busy_window: float) -> str:
+        spec = self.view.models.get(name)
+        if spec is None:
+            raise PrewarmSkipped(name)
+        status = await self.store.model_status(name)
+        if status and status.retry_at and status.retry_at > self.clock.now():
+            raise PrewarmSkipped(name)  # backing off after a failed load
+        token = await self.store.lease_try(name, int(self.settings.lease_ttl * 1000))
+        if token is None:
+            raise PrewarmSkipped(name)  # someone is loading it already
+        async with self._holding_lease(name, token):
+            if await self._ready_copy(name) is not None:
+                raise PrewarmSkipped(name)
+            backend = await self._prewarm_slot(spec, token, worth, busy_window)
+            if backend is None:
+                raise PrewarmSkipped(name)
+            return await self._load(spec, backend, token)
+
+    async def _prewarm_slot(self, spec: ModelSpec, token: int, worth: float, busy_window: float) -> str | None:
+        """One pass, never waiting: free room, else one eviction of a cheaper idle copy, then one reservation."""
+        loads, held = await self._loads(spec)
+        taken = {bid for bid, cs in held.items() if any(c.state is not CopyState.READY for c in cs)}
+        if taken:
+            return None  # a load or unload is under way there: demand loads go first
+        for b in self.chooser.rank(spec, [b for b in loads if b.fits(spec)]):
+            if await self.store.reserve(b.backend, spec.name, spec.memory_bytes, token, self.clock.now()) == "ok":
+                self.view.set_copy(spec.name, b.backend, CopyState.LOADING)
+                return b.backend
+        await self.store.touch_many(self.usage.drain(), self.usage.drain_requests())
+        by_backend = {b.backend: b for b in loads if b.could_ever_fit(spec)}
+        candidates = await self.eviction_candidates(list(by_backend), held)
+        now = self.clock.now()
+        for cand in self.eviction.rank(candidates):
+            b = by_backend[cand.backend]
+            freed = BackendLoad(b.backend, b.models - 1, b.cap_models, b.memory_bytes - cand.memory_bytes, b.cap_bytes)
+            if (
+                now - max(cand.last_used, cand.loaded_at) < busy_window
+                or not freed.fits(spec)
+                or self.eviction.score(cand) >= worth
+                or not self._evictable(cand.model, cand.backend)
+            ):
+                continue
+            if not await self._evict(cand, spec.name, len(candidates)):
+                return None
+            if await self.store.reserve(b.backend, spec.name, spec.memory_bytes, token, self.clock.now()) == "ok":
+                self.view.set_copy(spec.name, b.backend, CopyState.LOADING)
+                return b.backend
+            return None
+        return None
 
     async def ensure_copies(self, name: str, want: int) -> int:
         """Load copies of `name` on distinct backends until `want` are ready (or no room); returns how many."""
@@ -340,33 +424,39 @@ class Loader:
         for cand in self.eviction.rank(candidates):
             if not self._evictable(cand.model, cand.backend):  # a request may have started meanwhile
                 continue
-            score = self.eviction.score(cand)
-            if await self.unload_copy(cand.model, cand.backend, reason="evicted"):
-                self.eviction.evicted(cand)
-                idle = max(0.0, self.clock.now() - cand.last_used)
-                self.events.evictions += 1
-                self.events.on_eviction(cand.model, cand.backend, idle)
-                reason = f"{self.eviction.name} ranked it first of {len(candidates)} (score {score:.4g})"
-                log.info(
-                    "evicted %s from %s (idle %.1f s) to make room for %s: %s",
-                    cand.model,
-                    cand.backend,
-                    idle,
-                    spec.name,
-                    reason,
-                    extra={
-                        "event": "eviction",
-                        "model": cand.model,
-                        "backend": cand.backend,
-                        "idle_seconds": round(idle, 3),
-                        "for_model": spec.name,
-                        "policy": self.eviction.name,
-                        "score": round(score, 6),
-                        "reason": reason,
-                    },
-                )
+            if await self._evict(cand, spec.name, len(candidates)):
                 return True
         return False
+
+    async def _evict(self, cand: EvictionCandidate, for_model: str, of: int) -> bool:
+        """Unload `cand` to make room for `for_model` (the policy ranked it first of `of`); False if not ready."""
+        score = self.eviction.score(cand)
+        if not await self.unload_copy(cand.model, cand.backend, reason="evicted"):
+            return False
+        self.eviction.evicted(cand)
+        idle = max(0.0, self.clock.now() - cand.last_used)
+        self.events.evictions += 1
+        self.events.on_eviction(cand.model, cand.backend, idle)
+        reason = f"{self.eviction.name} ranked it first of {of} (score {score:.4g})"
+        log.info(
+            "evicted %s from %s (idle %.1f s) to make room for %s: %s",
+            cand.model,
+            cand.backend,
+            idle,
+            for_model,
+            reason,
+            extra={
+                "event": "eviction",
+                "model": cand.model,
+                "backend": cand.backend,
+                "idle_seconds": round(idle, 3),
+                "for_model": for_model,
+                "policy": self.eviction.name,
+                "score": round(score, 6),
+                "reason": reason,
+            },
+        )
+        return True
 
     async def eviction_candidates(
         self, backends: list[str], held: dict[str, list[CopyRecord]]

@@ -28,3 +28,6 @@ class PlacementSettings:
     scale_down_rounds: int = 3
     backend_chooser: str = "most-free"
     eviction_policy: str = "lru"  # a name in placement.eviction.EVICTIONS; `modelyard serve` defaults to nextuse
+    # Pre-warming (placement.prewarm_task): off in the library, on in `modelyard serve` (docs/benchmarks.md).
+    prewarm: bool = False
+    prewarm_interval: float = 0.5  # seconds between the pre-warm leader's looks at who is due

@@ -49,7 +49,10 @@ class Copies(StoreBase):
 
     async def commit(self, bid: str, model: str, token: int, now: float, orphan: bool = False) -> str:
         """Mark a loading copy ready: 'ok', 'fenced' (the lease moved on) or 'lost' (the copy changed). With
-        `orphan`, for a load whose gateway is gone: only while nobody holds the model's lease ('leased')."""
+        `orphan`, for a load whose gateway is gone: only while nobody holds the model's lease ('leased').
+        The model's last use anywhere (p:lastused) is left to the usage flushes: a load is no request, and the
+        learned gap between requests (`touch_many`) must not count one (it did: the first request after every
+        demand load saw a gap of milliseconds, and a pre-warm a phantom request)."""
         self._count("script")
         res = await self._commit(
             keys=[
@@ -57,7 +60,6 @@ class Copies(StoreBase):
                 self.k_lease(model),
                 self.k_model(model),
                 self.k_lru(bid),
-                f"{self.p}:lastused",
             ],
             args=[model, token, now, self.events, bid, "orphan" if orphan else ""],
         )

@@ -52,7 +52,7 @@ return 'ok'
 # ARGV[6] 'orphan': the copy's load lost its gateway (no lease is held) and the backend holds the model ready,
 # so reconciliation commits it for the gone gateway instead of unloading a model that is serving-ready.
 _COMMIT = """
-local copies, lease, mkey, lru, lastused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local copies, lease, mkey, lru = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local model, token, now, events, bid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local holder = redis.call('GET', lease)
 if ARGV[6] == 'orphan' then
@@ -67,7 +67,6 @@ redis.call('HSET', copies, model, cjson.encode(c))
 redis.call('HINCRBY', mkey, 'loads', 1)
 redis.call('HSET', mkey, 'failures', 0, 'last_error', '', 'retry_at', 0)
 redis.call('ZADD', lru, now, model)
-redis.call('ZADD', lastused, now, model)
 redis.call('PUBLISH', events, cjson.encode({t='copy', m=model, b=bid, s='ready'}))
 return 'ok'
 """

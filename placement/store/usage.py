@@ -61,6 +61,21 @@ class Usage(StoreBase):
             for m, n, s, g in zip(names, counts, secs, gaps, strict=True)
         }
 
+    async def prewarm_facts(self) -> dict[str, tuple[float, float, float]]:
+        """(last used anywhere, learned mean gap, learned load seconds) of every model with a learned gap, in one
+        round trip: what the pre-warm leader reads each tick (`placement.prewarm_task`; never the warm path)."""
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{self.p}:gaps")
+            pipe.zrange(f"{self.p}:lastused", 0, -1, withscores=True)
+            pipe.hgetall(f"{self.p}:loadsec")
+            gaps, used, secs = await pipe.execute()
+        last = {_s(m): float(t) for m, t in used}
+        loadsec = {_s(m): float(v) for m, v in secs.items()}
+        return {
+            _s(m): (last.get(_s(m), 0.0), float(g), loadsec.get(_s(m), 0.0)) for m, g in gaps.items() if float(g) > 0
+        }
+
     async def request_counts(self) -> dict[str, int]:
         """Requests served per model since it was registered, summed over every gateway's flushes."""
         self._count("read")
