@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-eviction clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -44,6 +44,10 @@ bench-churn: setup
 
 bench-workers: setup
 	$(PY) -m loadtests.workers $(ARGS)
+
+# The same Zipf sequence through real Tritons with --eviction lru, nextuse and gdsf, beside the simulator's prediction.
+bench-eviction: setup
+	$(PY) -m loadtests.eviction_real $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup
