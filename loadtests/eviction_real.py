@@ -42,10 +42,12 @@ import httpx
 from deploy.localstack.stack import LocalStack
 from loadtests.harness import code_version, loadavg, machine_info
 from loadtests.overhead import request_body
-from loadtests.sim.engine import Result
-from loadtests.sim.run import simulate, split
+from loadtests.sim.engine import Result, Simulation
+from loadtests.sim.run import POLICIES, simulate, split
 from loadtests.sim.trace import GB, Trace, zipf_trace
+from placement.clock import FakeClock
 from placement.eviction import EVICTIONS
+from placement.policy import MostFreeFirst
 
 SIM_POLICIES = ("lru", "gdsf", "nextuse", "belady")
 
@@ -61,6 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--policies", default="lru,nextuse,gdsf", help="real runs, in this order")
     p.add_argument("--json", type=Path, help="write the whole result here")
     p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the report of a saved run; run nothing")
     args = p.parse_args(argv)
     args.policies = [x for x in args.policies.split(",") if x]
     unknown = [x for x in args.policies if x not in EVICTIONS]
@@ -91,6 +94,38 @@ def predict(trace: Trace, args: argparse.Namespace) -> dict[str, dict[str, Any]]
 
 def sim_summary(r: Result) -> dict[str, Any]:
     return {"misses": r.misses, "evictions": r.evictions, "waited": r.waited, "wait_s": round(r.wait_seconds, 2)}
+
+
+def sim_cold(trace: Trace, tritons: int, slots: int, policy: str) -> list[int]:
+    """Which requests of `trace` the simulator serves cold (1) under `policy`: to compare request by request."""
+    clock = FakeClock(0.0)
+    sim = Simulation(trace, split(tritons, tritons * slots), MostFreeFirst(), POLICIES[policy](trace, clock), clock)
+    cold = []
+    for t, model in trace.requests:
+        sim._advance(t)  # finish the loads due by then, as `Simulation.run` does
+        cold.append(int(model not in sim.copies))
+        sim.request(model)
+    return cold
+
+
+def agreement(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per real run: where its cold requests first differ from the simulator's, and how many differ."""
+    seq, s = result["sequence"], result["setup"]
+    models = [f"m{i:05d}" for i in range(s["models"])]
+    out = {}
+    for r in result["real"]:
+        row: dict[str, Any] = {}
+        for label, times, cost in (
+            ("paced", [float(i) for i in range(len(seq))], 0.5),
+            ("replay", r["sent_s"], r["cold_request_s_median"] or 1.0),
+        ):
+            sim = sim_cold(
+                timed_trace(label, times, seq, models, cost), s["tritons"], s["slots_per_triton"], r["policy"]
+            )
+            differ = [i for i, (a, b) in enumerate(zip(sim, r["cold"], strict=True)) if a != b]
+            row[label] = {"differ": len(differ), "first": differ[0] if differ else None}
+        out[r["policy"]] = row
+    return out
 
 
 def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int) -> dict[str, Any]:
@@ -199,14 +234,19 @@ def report(result: dict[str, Any]) -> str:
         f"({s['capacity_share']:.0%})",
         "",
         "| policy | real Triton loads | real cold requests | real unloads | simulated misses (paced) "
-        "| simulated misses (replay) | cold wait-s (client) | median cold s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| simulated misses (replay) | requests cold in one, warm in the other (paced / replay) "
+        "| cold wait-s (client) | median cold s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    agree = agreement(result)
     for r in result["real"]:
         p = r["policy"]
+        a = agree[p]
         lines.append(
             f"| {p} | {r['triton_loads']} | {r['cold_requests']} | {r['triton_unloads']} | {paced[p]['misses']} "
-            f"| {r['replay_prediction'][p]['misses']} | {r['wait_s_cold']:.1f} | {r['cold_request_s_median']} |"
+            f"| {r['replay_prediction'][p]['misses']} | {a['paced']['differ']} (first #{a['paced']['first']}) / "
+            f"{a['replay']['differ']} (first #{a['replay']['first']}) "
+            f"| {r['wait_s_cold']:.1f} | {r['cold_request_s_median']} |"
         )
     lines.append("")
     lines.append("simulated misses, paced: " + ", ".join(f"{p} {v['misses']}" for p, v in paced.items()))
@@ -215,7 +255,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    result = json.loads(args.report.read_text()) if args.report else run(args)
     print(report(result))
     return 0
 

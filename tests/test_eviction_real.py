@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.eviction_real import parse_args, predict, sequence, timed_trace
+from loadtests.eviction_real import parse_args, predict, sequence, sim_cold, timed_trace
 
 
 def test_arguments_and_the_sequence_match_the_simulators_trace() -> None:
@@ -13,8 +13,11 @@ def test_arguments_and_the_sequence_match_the_simulators_trace() -> None:
     models, seq = sequence(args)
     assert len(models) == 10 and len(seq) == 30 and set(seq) <= set(models)
     assert sequence(args) == (models, seq)  # seeded: every policy gets the same sequence
-    paced = predict(timed_trace("t", [float(i) for i in range(len(seq))], seq, models, 0.5), args)
+    trace = timed_trace("t", [float(i) for i in range(len(seq))], seq, models, 0.5)
+    paced = predict(trace, args)
     assert paced["belady"]["misses"] <= paced["lru"]["misses"] <= len(seq)
+    # the request-by-request view counts the same misses as the simulator's own run
+    assert sum(sim_cold(trace, 1, 2, "lru")) == paced["lru"]["misses"]
     for bad in (["--policies", "fifo"], ["--models", "4", "--tritons", "2", "--slots", "2"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
