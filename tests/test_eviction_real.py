@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.eviction_real import parse_args, predict, sequence, sim_cold, timed_trace
+from loadtests.eviction_real import commit_gaps_misses, parse_args, predict, sequence, sim_cold, timed_trace
 
 
 def test_arguments_and_the_sequence_match_the_simulators_trace() -> None:
@@ -18,6 +18,7 @@ def test_arguments_and_the_sequence_match_the_simulators_trace() -> None:
     assert paced["belady"]["misses"] <= paced["lru"]["misses"] <= len(seq)
     # the request-by-request view counts the same misses as the simulator's own run
     assert sum(sim_cold(trace, 1, 2, "lru")) == paced["lru"]["misses"]
+    assert commit_gaps_misses(trace, 1, 2, "lru") == paced["lru"]["misses"]  # the gap rule touches only gaps
     for bad in (["--policies", "fifo"], ["--models", "4", "--tritons", "2", "--slots", "2"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
