@@ -1,7 +1,7 @@
 """Eviction policies on real Tritons: the same Zipf sequence through `modelyard serve --eviction P`, beside the
 simulator's prediction for exactly that sequence and capacity.
 
-    .venv/bin/python -m loadtests.eviction_real [--models 40] [--requests 200] [--policies lru,nextuse,gdsf]
+    .venv/bin/python -m loadtests.eviction_real [--models 40] [--requests 150] [--policies lru,nextuse,gdsf]
         [--json docs/benchmarks/eviction-real-N.json]
     make bench-eviction ARGS='--json /tmp/eviction.json'
 
@@ -18,7 +18,10 @@ What it does:
   (`x-modelyard-cold`), and the seconds the client waited on cold requests;
 - runs the simulator (`loadtests.sim`, the same policy objects) on the same sequence and capacity, with lru,
   gdsf, nextuse and Belady's MIN: `paced` spaces the requests 1 s apart with 0.5 s loads (one at a time, as sent);
-  `replay` uses each real run's own send times and its median cold-request time as the load time.
+  `replay` uses each real run's own send times and its median cold-request time as the load time; also request by
+  request (which requests were cold in one and warm in the other), and with `CommitGaps`, the gap the gateway
+  learns at a load's commit (docs/benchmarks.md "Eviction on real Tritons");
+- `--report JSON` prints the report of a saved run again (with the current simulator), running nothing.
 
 The machine is shared and busy: loads and misses are the robust figures; seconds are reported but noisy.
 """
@@ -56,7 +59,7 @@ SIM_POLICIES = ("lru", "gdsf", "nextuse", "belady")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loadtests.eviction_real", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=int, default=40, help="models registered (Zipf ranks)")
-    p.add_argument("--requests", type=int, default=200, help="requests in the sequence")
+    p.add_argument("--requests", type=int, default=150, help="requests in the sequence")
     p.add_argument("--alpha", type=float, default=1.0, help="Zipf exponent")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tritons", type=int, default=2, help="Triton servers")
