@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-scale bench-perf-analyzer clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-scale bench-perf-analyzer bench-eviction clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -59,6 +59,10 @@ $(PERF_VENV)/bin/perf_analyzer:
 bench-perf-analyzer: setup $(PERF_VENV)/bin/perf_analyzer
 	@dpkg -s libb64-0d nginx-light >/dev/null 2>&1 || apt-get install -y libb64-0d nginx-light
 	$(PY) -m loadtests.perf_analyzer $(ARGS)
+
+# The same Zipf sequence through real Tritons with --eviction lru, nextuse and gdsf, beside the simulator's prediction.
+bench-eviction: setup
+	$(PY) -m loadtests.eviction_real $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup
