@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from redis.exceptions import RedisError
 
+from placement.errors import StoreUnavailable
 from placement.rollouts import Rollouts
 
 
@@ -39,7 +41,12 @@ def rollout_router(rollouts: Rollouts, read_body: Callable[[Request], Awaitable[
 
     @router.get("/rollouts")
     async def list_rollouts() -> Any:
-        """Every rollout as this gateway last read it (for the live page)."""
-        return {"rollouts": [rollouts.summary(r) for r in sorted(rollouts.states)]}
+        """Every rollout as Redis has it (for the live page); while Redis is unreachable, as last read."""
+        fresh = True
+        try:
+            await rollouts.refresh()
+        except (StoreUnavailable, RedisError):
+            fresh = False
+        return {"rollouts": [rollouts.summary(r) for r in sorted(rollouts.states)], "fresh": fresh}
 
     return router

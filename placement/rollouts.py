@@ -154,6 +154,14 @@ class Rollouts:
             if leader and state["phase"] in RUNNING:
                 await self.drive(route, state)
 
+    async def refresh(self) -> dict[str, dict[str, Any]]:
+        """Every rollout as Redis has it now (what an admin read shows), remembered for metrics and /ui."""
+        for route in await self.store.rollout_routes():
+            state = await self.store.rollout_get(route)
+            if state is not None:
+                self._remember(route, state)
+        return self.states
+
     async def _lead(self) -> bool:
         ttl = int(self.tick_interval * 3000)
         if self._token is not None and await self.store.lease_renew(LEASE, self._token, ttl):
