@@ -100,7 +100,13 @@ def holding(em: TFServingEmulator, names: list[str]) -> list[str]:
 
 class Sampler:
     """Reads every emulator's GetModelStatus in a loop; keeps the most models held at once per backend and
-    the states seen for one watched model."""
+    the states seen for one watched model.
+
+    TF Serving has no call that lists every model at one instant: a pass asks model by model, so a model unloaded
+    after its turn and another loaded before its own would both count in one pass (a busy machine made such a
+    pass count 4 of 3 once, with every load accepted by the emulator's own limit). A model counts as held when two
+    passes in a row saw it held; a real excess lasts at least a load (0.3 s here), longer than two passes.
+    """
 
     def __init__(self, ems: list[TFServingEmulator], names: list[str], watch: str | None = None) -> None:
         self.ems, self.names, self.watch = ems, names, watch
@@ -114,18 +120,21 @@ class Sampler:
         channels = [grpc.insecure_channel(em.grpc_url) for em in self.ems]
         calls = [ch.unary_unary(f"/{MODEL_SERVICE}/GetModelStatus") for ch in channels]
         try:
+            before: list[set[str]] = [set() for _ in calls]
             while not self._stop.is_set():
                 for i, call in enumerate(calls):
-                    held = 0
+                    held: set[str] = set()
                     for n in self.names:
                         try:
                             got = {v.state for v in model_status_response(call(model_status_request(n), timeout=5))}
                         except grpc.RpcError:
                             got = set()
-                        held += bool(got & HOLDING)
+                        if got & HOLDING:
+                            held.add(n)
                         if n == self.watch and i == 0:
                             self.watched |= got or {"NOT_FOUND"}
-                    self.most[i] = max(self.most[i], held)
+                    self.most[i] = max(self.most[i], len(held & before[i]))
+                    before[i] = held
                 self.samples += 1
         finally:
             for ch in channels:
