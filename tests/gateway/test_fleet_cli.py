@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from deploy.localstack.stack import GatewayProcess, LocalStack
 from gateway.ctl.main import main as ctl
 from tests.gateway.conftest import MODELS, TOKEN, StartGateway
 from tests.metrics_text import samples, total
+from tests.waiting import eventually
 
 A, B, C = MODELS[0], MODELS[1], MODELS[2]
 
@@ -257,8 +257,7 @@ def test_serve_config_applies_the_fleet_once_ready_and_refuses_a_bad_file(
     gw = stack.add_gateway(prefix=f"t{uuid.uuid4().hex[:8]}", extra=[f"--config={path}"])
     try:
         with stack.admin(gw) as admin:
-            deadline_ok = _wait(lambda: len(admin.get("/admin/routes").json()["routes"]) == 1)
-        assert deadline_ok, gw.log_tail()
+            eventually(lambda: len(admin.get("/admin/routes").json()["routes"]) == 1, "the fleet file applied", 30)
         assert "route/front created" in gw.log_tail()
         assert run(capsys, gw, "diff", "-f", path)[0] == 0
     finally:
@@ -276,12 +275,3 @@ def test_serve_config_applies_the_fleet_once_ready_and_refuses_a_bad_file(
         f"modelyard: --config: {tmp_path / 'bad.yaml'}:2: models[0] (x): runtime is required and must be one of "
         "['triton', 'tfserving'], got 'onnx'"
     )
-
-
-def _wait(condition: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False

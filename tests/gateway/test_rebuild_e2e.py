@@ -14,6 +14,7 @@ import redis
 
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from tests.gateway.conftest import TOKEN, StartGateway, check_answer, infer_body
+from tests.waiting import eventually
 
 MODELS = ["m010", "m011", "m012", "m013"]
 
@@ -51,10 +52,7 @@ def test_a_wiped_redis_is_rebuilt_under_warm_traffic_with_no_reloads(
             admin.post(f"/admin/models/{m}/load").raise_for_status()
     holding = {f"triton-{i}": sorted(stack.holding(t)) for i, t in enumerate(stack.tritons)}
     assert sum(len(v) for v in holding.values()) == 3
-    deadline = time.monotonic() + 30
-    while not (placement(gw1) == placement(gw2) == holding):
-        assert time.monotonic() < deadline, "the gateways did not see the warm copies"
-        time.sleep(0.05)
+    eventually(lambda: placement(gw1) == placement(gw2) == holding, "the gateways see the warm copies", 30)
     loads_before = new_loads()
 
     statuses: Counter[int] = Counter()
@@ -75,19 +73,15 @@ def test_a_wiped_redis_is_rebuilt_under_warm_traffic_with_no_reloads(
     for t in threads:
         t.start()
     try:
-        while sum(statuses.values()) < 50:
-            time.sleep(0.01)
+        eventually(lambda: sum(statuses.values()) >= 50, "50 answers before the wipe", 30)
         client = redis.Redis.from_url(stack.redis.url)
         keys = list(client.scan_iter(f"{prefix_of(gw1)}:*"))
         client.delete(*keys)
         wiped = time.monotonic()
-        while not (whole(gw1, holding) and whole(gw2, holding)):
-            assert time.monotonic() < wiped + 30, "Redis was not rebuilt"
-            time.sleep(0.05)
+        eventually(lambda: whole(gw1, holding) and whole(gw2, holding), "Redis rebuilt", 30)
         rebuilt_after = time.monotonic() - wiped
         served = sum(statuses.values())
-        while sum(statuses.values()) < served + 50:  # warm traffic after the rebuild too
-            time.sleep(0.01)
+        eventually(lambda: sum(statuses.values()) >= served + 50, "50 warm answers after the rebuild", 30)
     finally:
         stop.set()
         for t in threads:
