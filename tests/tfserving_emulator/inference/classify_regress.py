@@ -10,7 +10,6 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     input_pb2,
-    model_pb2,
     regression_pb2,
 )
 
@@ -40,8 +39,13 @@ def _serialized_examples(request_input: input_pb2.Input) -> Array:
     return np.array(serialized, dtype=object)
 
 
-def _signature_for(model: LoadedModel, spec: model_pb2.ModelSpec, method: str, what: str) -> tuple[str, Any]:
-    name = spec.signature_name or DEFAULT_SIGNATURE
+def _model_and_signature(core: ServerCore, request: Any, method: str, what: str) -> tuple[LoadedModel, str, Any]:
+    """The servable and the signature (key, SignatureDef) a Classify/Regress request names, checked in
+    classifier.cc's order."""
+    if not request.HasField("model_spec"):
+        raise TFError(INVALID_ARGUMENT, "Missing ModelSpec")
+    model = core.get_servable(request.model_spec)
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     if name not in model.signature_defs:
         raise TFError(INVALID_ARGUMENT, f"No signature was found with the name: {name}")
     signature = model.signature_defs[name]
@@ -49,16 +53,13 @@ def _signature_for(model: LoadedModel, spec: model_pb2.ModelSpec, method: str, w
         raise TFError(
             INVALID_ARGUMENT, f"Expected {what} signature method_name to be {method}. Was: {signature.method_name}"
         )
-    return name, signature
+    return model, name, signature
 
 
 def classify(
     core: ServerCore, request: classification_pb2.ClassificationRequest
 ) -> classification_pb2.ClassificationResponse:
-    if not request.HasField("model_spec"):
-        raise TFError(INVALID_ARGUMENT, "Missing ModelSpec")
-    model = core.get_servable(request.model_spec)
-    name, signature = _signature_for(model, request.model_spec, CLASSIFY_METHOD, "classification")
+    model, name, signature = _model_and_signature(core, request, CLASSIFY_METHOD, "classification")
     if len(signature.inputs) != 1:
         raise TFError(INVALID_ARGUMENT, "Expected one input Tensor.")
     if len(signature.outputs) not in (1, 2):
@@ -111,10 +112,7 @@ def classify(
 
 
 def regress(core: ServerCore, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
-    if not request.HasField("model_spec"):
-        raise TFError(INVALID_ARGUMENT, "Missing ModelSpec")
-    model = core.get_servable(request.model_spec)
-    name, signature = _signature_for(model, request.model_spec, REGRESS_METHOD, "regression")
+    model, name, signature = _model_and_signature(core, request, REGRESS_METHOD, "regression")
     if len(signature.inputs) != 1:
         raise TFError(INVALID_ARGUMENT, "Expected one input Tensor.")
     if len(signature.outputs) != 1:

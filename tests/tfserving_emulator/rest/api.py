@@ -75,6 +75,14 @@ def _model_spec(name: str, version: int | None, label: str | None) -> model_pb2.
     return spec
 
 
+def _json_request(request: Any, spec: model_pb2.ModelSpec, body: bytes) -> dict[str, Any]:
+    """Parse a POST body; `request.model_spec` becomes `spec` with the body's signature_name. Returns the body."""
+    request.model_spec.CopyFrom(spec)
+    doc = parse_json_body(body)
+    request.model_spec.signature_name = signature_name_from_json(doc)
+    return doc
+
+
 class RestApi:
     def __init__(self, core: ServerCore) -> None:
         self.core = core
@@ -122,9 +130,7 @@ class RestApi:
 
     def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = predict_pb2.PredictRequest()
-        request.model_spec.CopyFrom(_model_spec(name, version, label))
-        doc = parse_json_body(body)
-        request.model_spec.signature_name = signature_name_from_json(doc)
+        doc = _json_request(request, _model_spec(name, version, label), body)
         model = self.core.get_servable(request.model_spec)  # GetInfoMap
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature_name not in model.signature_defs:
@@ -141,9 +147,7 @@ class RestApi:
 
     def _classify(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = classification_pb2.ClassificationRequest()
-        request.model_spec.CopyFrom(_model_spec(name, version, label))
-        doc = parse_json_body(body)
-        request.model_spec.signature_name = signature_name_from_json(doc)
+        doc = _json_request(request, _model_spec(name, version, label), body)
         request.input.CopyFrom(examples_input_from_json(doc, "classify"))
         result = classify(self.core, request).result
         if not result.classifications:
@@ -157,9 +161,7 @@ class RestApi:
 
     def _regress(self, name: str, version: int | None, label: str | None, body: bytes) -> str:
         request = regression_pb2.RegressionRequest()
-        request.model_spec.CopyFrom(_model_spec(name, version, label))
-        doc = parse_json_body(body)
-        request.model_spec.signature_name = signature_name_from_json(doc)
+        doc = _json_request(request, _model_spec(name, version, label), body)
         request.input.CopyFrom(examples_input_from_json(doc, "classify"))  # (sic: the message says classify)
         result = regress(self.core, request).result
         if not result.regressions:
