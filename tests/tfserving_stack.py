@@ -1,4 +1,4 @@
-"""Start and stop the TF Serving emulator (`tests/tfserving_emulator.py`) as a child process, for tests.
+"""Start and stop the TF Serving emulator (the package `tests/tfserving_emulator/`) as a child process, for tests.
 
     with TFServingEmulator(tmp_path) as tfs:          # tmp_path: where the models live (tfs.model_root)
         build_models(tfs.model_root, ["a", "b"])      # tests/tfserving_models.py

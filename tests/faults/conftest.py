@@ -5,7 +5,6 @@ fresh key prefix with short lease and timeout settings. Each test starts from ru
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from deploy.localstack.triton import TritonServer
 from tests.faults.procs import FaultRedis, stable_port
 from tests.faults.proxy import FaultProxy
 from tests.faults.recorder import correct, infer_body
+from tests.waiting import eventually
 
 MODELS = [*demo_model_names(8), "slowload"]
 TOKEN = "faults-admin-token"
@@ -47,18 +47,9 @@ def wait_for(
     interval: float = 0.1,
     why: Callable[[], str] = lambda: "",
 ) -> float:
-    """Poll `cond` until truthy; returns the seconds it took. Errors from `cond` count as 'not yet'."""
-    start = time.monotonic()
-    last: object = None
-    while True:
-        try:
-            if cond():
-                return time.monotonic() - start
-        except Exception as exc:  # the thing is still down: not yet
-            last = exc
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last error: {last!r}) {why()}")
-        time.sleep(interval)
+    """`tests.waiting.eventually` with the fault tests' defaults: poll `cond` until truthy, returning the seconds
+    it took; errors from `cond` (the thing is still down) count as 'not yet'."""
+    return eventually(cond, what, timeout, interval=interval, detail=why, retry_on=(Exception,))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from deploy.localstack.triton import TritonServer
+from tests.waiting import eventually
 
 
 def infer_body(values: list[float]) -> dict[str, object]:
@@ -84,18 +85,14 @@ class Traffic:
     def wait_requests(self, n: int, timeout: float = 30.0) -> None:
         """Wait until `n` more answers of any kind were recorded."""
         target = self.total() + n
-        end = time.monotonic() + timeout
-        while self.total() < target:
-            assert time.monotonic() < end, f"traffic stalled: {self.counts}"
-            time.sleep(0.05)
+        eventually(
+            lambda: self.total() >= target, f"{n} more answers (traffic stalled)", timeout, detail=lambda: self.counts
+        )
 
     def wait_ok(self, n: int, timeout: float = 30.0) -> None:
         """Wait until `n` more correct answers were recorded."""
         target = self.counts.ok + n
-        end = time.monotonic() + timeout
-        while self.counts.ok < target:
-            assert time.monotonic() < end, f"no {n} correct answers within {timeout:g} s: {self.counts}"
-            time.sleep(0.05)
+        eventually(lambda: self.counts.ok >= target, f"{n} more correct answers", timeout, detail=lambda: self.counts)
 
     def total(self) -> int:
         c = self.counts

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 
 import pytest
 
@@ -17,6 +16,7 @@ from placement.prewarm_task import PrewarmTask
 from tests.fakes import FakeBackend
 from tests.placement.conftest import MakePlacer, register
 from tests.placement.test_loader import triton
+from tests.waiting import eventually_async as wait_for
 
 GAP = 10.0
 
@@ -221,11 +221,3 @@ async def test_with_two_gateways_only_the_leader_prewarms_and_another_takes_over
     assert tasks[1].leader and results[1] == [("b", "loaded")]
     assert backends["b1"].loads.count("b") == 2
     await tasks[1].stop()
-
-
-async def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)

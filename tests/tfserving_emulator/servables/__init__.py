@@ -1,0 +1,1 @@
+"""The model lifecycle: what versions exist, their loading and unloading, their states, and config reloads."""
