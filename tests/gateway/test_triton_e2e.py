@@ -19,6 +19,7 @@ import tritonclient.http as triton_http
 from deploy.localstack.stack import LocalStack
 from tests.gateway.conftest import MODELS, StartGateway, check_answer, infer_body
 from tests.metrics_text import samples, total
+from tests.waiting import eventually
 
 
 def test_tritonclient_http_works_unchanged_through_the_gateway(
@@ -189,8 +190,7 @@ def test_a_model_the_backend_lost_is_reloaded_transparently(
     triton = stack.tritons[int(r.headers["x-modelyard-backend"].split("-")[1])]
     # Behind the gateway's back (as after a backend restart), the model goes away.
     httpx.post(f"{triton.url}/v2/repository/models/m013/unload", json={}, timeout=10)
-    while "m013" in stack.holding(triton):
-        time.sleep(0.05)
+    eventually(lambda: "m013" not in stack.holding(triton), "Triton to drop m013")
     r = httpx.post(f"{gw.url}/v2/models/m013/infer", json=infer_body([5.0]), timeout=60)
     assert r.status_code == 200, r.text
     check_answer("m013", [5.0], r.json())
@@ -263,11 +263,11 @@ def test_refresh_swaps_a_changed_model_under_traffic_without_a_failed_request(
         threads = [threading.Thread(target=traffic) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        eventually(lambda: len(seen) >= 6, "traffic to m030 before the refresh")
         with stack.admin(gw) as admin:
             r = admin.post("/admin/models/m030/refresh")
         assert r.status_code == 200 and len(r.json()["refreshed_on"]) == 1, r.text
-        time.sleep(0.3)
+        eventually(lambda: seen.count(1.0 + 1000) >= 6, "answers of the refreshed m030")
         stop.set()
         for t in threads:
             t.join()
