@@ -14,12 +14,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from deploy.localstack.models import write_decoupled_model, write_sequence_model
@@ -43,6 +46,13 @@ def _input(value: float, module: object = triton_grpc) -> object:
     tensor = module.InferInput("INPUT0", [1], "FP32")  # type: ignore[attr-defined]
     tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
     return tensor
+
+
+def _index(url: str, ready: bool) -> list[Any]:
+    """`RepositoryIndex` with its `ready` field (which tritonclient's client doesn't send), through its stub."""
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return list(stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=ready)).models)
 
 
 def test_stream_infer_relays_each_decoupled_response_as_it_is_produced(
@@ -167,6 +177,26 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
                 break
         assert stats[SEQUENCE]["inference_count"] == total, stats
         assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == total
+        # gRPC's statistics of all models (no model name) are the same merge, and each Triton's own adds up to it.
+        merged = {s.name: s for s in grpc[1].get_inference_statistics().model_stats}
+        assert merged[SEQUENCE].inference_count == total and merged[SEQUENCE].execution_count == total
+        assert merged[SEQUENCE].inference_stats.success.count == total and merged[SEQUENCE].last_inference > 0
+        direct = [triton_grpc.InferenceServerClient(t.grpc_url) for t in stack.tritons]
+        try:
+            each = [c.get_inference_statistics(SEQUENCE).model_stats[0] for c in direct]
+            assert sum(s.inference_count for s in each) == total and all(s.inference_count > 0 for s in each)
+            assert merged[SEQUENCE].inference_stats.success.ns == sum(s.inference_stats.success.ns for s in each)
+            # The index's `ready` filter, as Triton honours it (the stock clients don't send it: raw HTTP, and
+            # tritonclient's own gRPC stub): only READY models.
+            for t in stack.tritons:
+                assert {m.state for m in _index(t.grpc_url, ready=True)} == {"READY"}
+        finally:
+            for c in direct:
+                c.close()
+        assert [m.name for m in _index(gateways[1].grpc_url, ready=True)] == [SEQUENCE]
+        assert [m.name for m in _index(gateways[1].grpc_url, ready=False)] == ["m002", SEQUENCE]
+        ready_http = httpx.post(gateways[1].url + "/v2/repository/index", json={"ready": True}).json()
+        assert ready_http == [{"name": SEQUENCE, "state": "READY"}]
         extensions = http[0].get_server_metadata()["extensions"]
         assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
     finally:
