@@ -197,6 +197,20 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
         assert [m.name for m in _index(gateways[1].grpc_url, ready=False)] == ["m002", SEQUENCE]
         ready_http = httpx.post(gateways[1].url + "/v2/repository/index", json={"ready": True}).json()
         assert ready_http == [{"name": SEQUENCE, "state": "READY"}]
+        # A sequence over a stream (`stream_infer`) through one gateway, ended by a plain request through the other.
+        answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        grpc[0].start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for k, value in enumerate(steps[:3]):
+                grpc[0].async_stream_infer(SEQUENCE, [_input(value)], sequence_id=run + 99, sequence_start=k == 0)
+                result, error = answers.get(timeout=60)
+                assert error is None and float(result.as_numpy("OUTPUT0")[0]) == sum(steps[: k + 1]), error
+                servers.setdefault("stream", set()).add(result.as_numpy("SERVER")[0].decode())
+        finally:
+            grpc[0].stop_stream()
+        last = http[1].infer(SEQUENCE, [_input(steps[3], triton_http)], sequence_id=run + 99, sequence_end=True)
+        assert float(last.as_numpy("OUTPUT0")[0]) == sum(steps)
+        assert servers["stream"] == {last.as_numpy("SERVER")[0].decode()}
         extensions = http[0].get_server_metadata()["extensions"]
         assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
     finally:
@@ -205,3 +219,16 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
     for path, why in (("/v2/systemsharedmemory/status", "shared-memory"), ("/v2/logging", "log settings")):
         refused = httpx.get(gateways[0].url + path)
         assert refused.status_code == 501 and why in refused.json()["error"]
+    # The same through the stock client: each refusal says why (directly, a Triton answers them for itself).
+    client = triton_http.InferenceServerClient(gateways[0].url.removeprefix("http://"))
+    try:
+        for ask, why in (
+            (client.get_system_shared_memory_status, "shared-memory"),
+            (client.get_log_settings, "log settings"),
+            (client.get_trace_settings, "trace settings"),
+            (lambda: client.get_trace_settings(model_name=SEQUENCE), "trace settings"),
+        ):
+            with pytest.raises(InferenceServerException, match=why):
+                ask()
+    finally:
+        client.close()
