@@ -49,6 +49,7 @@ from adapters.sources import ModelFiles, ModelSources, SourceError
 from adapters.triton_config import config_json, identity_of
 from adapters.triton_control import ControlAnswer, TritonGrpcControl
 from adapters.upstream import UpstreamPool
+from adapters.upstream_stream import StreamUpstream
 
 # Triton's words when it does not hold a model (checked against Triton 2.51; see deploy/localstack/TRITON_FACTS.md).
 _NOT_LOADED_MARKERS = (
@@ -113,6 +114,7 @@ class TritonAdapter:
         # client (tests' MockTransport) keep httpx.
         lean = client is None and self.url.startswith("http://")
         self._pool = UpstreamPool(backend_id, self.url) if lean else None
+        self._streams = StreamUpstream(backend_id, self.url) if lean else None  # generate_stream's, the same way
         self.grpc_url = grpc_url
         self._grpc = GrpcForwarder(backend_id, grpc_url) if grpc_url else None
         self._ctl = TritonGrpcControl(backend_id, grpc_url) if grpc_url and grpc_control else None
@@ -120,6 +122,8 @@ class TritonAdapter:
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._streams is not None:
+            self._streams.close()
         if self._grpc is not None:
             await self._grpc.aclose()
         if self._ctl is not None:
@@ -327,7 +331,10 @@ class TritonAdapter:
 
     def stream_http(self, request: ForwardRequest) -> AbstractAsyncContextManager[StreamedResponse]:
         """A KServe HTTP request whose answer is relayed as it comes (`generate_stream`'s server-sent events)."""
-        return stream_http(self._client, self.backend_id, f"{self.url}{_model_path(request)}", request)
+        path = _model_path(request)
+        if self._streams is not None:
+            return self._streams.stream(request.method, path, request.headers, request.body, request.timeout)
+        return stream_http(self._client, self.backend_id, f"{self.url}{path}", request)
 
     def open_stream(self, method: str, headers: list[tuple[str, str]], timeout: float | None) -> GrpcStream:
         """A `ModelStreamInfer` stream to this Triton (`adapters.base.StreamingAdapter`)."""

@@ -10,6 +10,7 @@ The services are data (`SERVICES`): service name -> method name -> what to do wi
 - `Forward`: place the model named in the request and forward the call (`ModelInfer`, `ModelMetadata`, ...);
 - `Readiness`: forward when a copy is loaded, else answer without loading whether the model could be served;
 - `Local`: answered by the gateway itself (`ServerLive`, `ServerReady`, `ServerMetadata`);
+- `Wide`: about the whole gateway, from the request (`RepositoryIndex`, `ModelStatistics` of all models);
 - `Refuse`: not offered, with a message saying what to use instead.
 Each `Forward`/`Readiness` entry names its adapter `protocol`, how to read the model from the request bytes
 (`read`) and how to rewrite it (`rewrite`, for routes). TF Serving's services (`PredictionService` and
@@ -126,10 +127,6 @@ class Stream:
     rewrite: Rewriter
 
 
-UnaryMethod = Forward | Readiness | Local | Refuse
-Method = UnaryMethod | Stream
-
-
 # -- KServe v2 (inference.GRPCInferenceService) ---------------------------------------------------------------
 # ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ModelConfigRequest and ModelStatisticsRequest
 # all carry the model's name in field 1 and its version in field 2 (strings).
@@ -153,6 +150,21 @@ def rewrite_kserve_model(raw: bytes, name: str) -> bytes:
     return replace_string(raw, 1, name)
 
 
+@dataclass(frozen=True, slots=True)
+class Wide:
+    """About the whole gateway: `answer(dataplane, request bytes)` is the response message; when it gives None
+    (the request names one model), the call is forwarded as `Forward(protocol, read, rewrite)` would."""
+
+    answer: Callable[[DataPlane, bytes], Awaitable[bytes | None]]
+    protocol: str = "kserve-grpc"
+    read: Reader = read_kserve_model
+    rewrite: Rewriter = rewrite_kserve_model
+
+
+UnaryMethod = Forward | Readiness | Local | Refuse | Wide
+Method = UnaryMethod | Stream
+
+
 def _server_metadata(_: DataPlane) -> bytes:
     out = encode_string(1, str(SERVER_METADATA["name"])) + encode_string(2, str(SERVER_METADATA["version"]))
     for ext in SERVER_METADATA["extensions"]:
@@ -174,9 +186,9 @@ SERVICES: dict[str, dict[str, Method]] = {
         "ModelMetadata": _KSERVE,
         "ModelInfer": _KSERVE,
         "ModelConfig": _KSERVE,
-        "ModelStatistics": _KSERVE,
+        "ModelStatistics": Wide(repository.grpc_statistics),
         "ModelStreamInfer": Stream(read_kserve_model, rewrite_kserve_model),
-        "RepositoryIndex": Local(lambda dp: repository.encode_index(repository.index(dp.placer.view))),
+        "RepositoryIndex": Wide(repository.grpc_index),
         "RepositoryModelLoad": Refuse(_REPOSITORY),
         "RepositoryModelUnload": Refuse(_REPOSITORY),
         "SystemSharedMemoryStatus": Refuse(_SHARED_MEMORY),
@@ -297,6 +309,10 @@ class GrpcDataPlane:
                         raise NotSupported(method.message)
                     if not self.dp.ready:
                         raise NotReady("the gateway has not reached Redis yet; try again in a moment")
+                    if isinstance(method, Wide):
+                        answered = await method.answer(self.dp, body)
+                        if answered is not None:
+                            return answered
                     ref = method.read(body)
                     header = metadata_lookup(context.invocation_metadata())
                     if isinstance(method, Readiness):

@@ -2,7 +2,10 @@
 
 The model is placed as for `infer` (route, cold load awaited, errors as JSON before anything is sent); then the
 backend's status and headers go to the client, and each chunk of its body as soon as it arrives, never
-gathered. A client that goes away ends the backend's stream too. Not hedged, not retried: a stream is sent once.
+gathered. A client that reads slowly (or not at all) holds the relay back instead of growing it: each chunk's
+write waits for uvicorn's flow control (its transport's 64 KiB high-water mark) before the next chunk is read, so
+the backend's answer waits in the backend and in the sockets, not in the gateway (test_http_stream_backpressure).
+A client that goes away ends the backend's stream too. Not hedged, not retried: a stream is sent once.
 """
 
 from __future__ import annotations

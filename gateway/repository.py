@@ -6,19 +6,26 @@
 - `all_stats`: `GET /v2/models/stats` asked of every usable Triton backend, merged per model and version
   (counts and times summed, `last_inference` the latest, batch statistics summed per batch size), restricted to
   registered models, in Triton's shape (`{"model_stats": [...]}`).
+- `grpc_index` and `grpc_statistics`: the same over gRPC, from the request's bytes (`RepositoryIndexRequest`'s
+  `ready` filter; `ModelStatisticsRequest` without a model name), as the gRPC data plane's `Wide` answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ForwardRequest
 from adapters.errors import BackendError
-from adapters.protowire import encode_len, encode_string
+from adapters.protowire import VARINT, WireError, encode_len, encode_string, read_varint, records, string_fields
+from adapters.triton_messages import statistics_response
+from gateway.errors import BadRequest
 from placement.records import CopyState
 from placement.view import PlacementView
+
+if TYPE_CHECKING:
+    from gateway.dataplane import DataPlane
 
 _TRITON = "triton"
 
@@ -102,3 +109,28 @@ def merge(a: Any, b: Any, key: str = "") -> Any:
             return [by_size[s] for s in sorted(by_size, key=str)]
         return [*a, *b]
     return a
+
+
+async def grpc_index(dp: DataPlane, raw: bytes) -> bytes:
+    """`RepositoryIndex`: `RepositoryIndexRequest` {repository_name 1, ready 2}; with `ready`, READY models only."""
+    ready = False
+    try:
+        for _, wire_type, _, payload, end in records(raw, only=(2,)):
+            if wire_type != VARINT:
+                raise WireError(f"field 2 (ready) has wire type {wire_type}, expected a bool")
+            ready = bool(read_varint(raw, payload, end)[0])
+    except WireError as exc:
+        raise BadRequest(f"malformed request message: {exc}") from None
+    return encode_index(index(dp.placer.view, ready))
+
+
+async def grpc_statistics(dp: DataPlane, raw: bytes) -> bytes | None:
+    """`ModelStatistics` without a model name (field 1): every model's, merged (`all_stats`); None when the
+    request names a model, which its backend answers."""
+    try:
+        name = string_fields(raw, (1,))[0].get(1, "")
+    except WireError as exc:
+        raise BadRequest(f"malformed request message: {exc}") from None
+    if name:
+        return None
+    return statistics_response(await all_stats(dp.placer, dp.settings.backend_timeout))

@@ -14,12 +14,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from deploy.localstack.models import write_decoupled_model, write_sequence_model
@@ -43,6 +46,13 @@ def _input(value: float, module: object = triton_grpc) -> object:
     tensor = module.InferInput("INPUT0", [1], "FP32")  # type: ignore[attr-defined]
     tensor.set_data_from_numpy(np.array([value], dtype=np.float32))
     return tensor
+
+
+def _index(url: str, ready: bool) -> list[Any]:
+    """`RepositoryIndex` with its `ready` field (which tritonclient's client doesn't send), through its stub."""
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return list(stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=ready)).models)
 
 
 def test_stream_infer_relays_each_decoupled_response_as_it_is_produced(
@@ -167,11 +177,70 @@ def test_sequences_stay_on_the_copy_that_took_their_start_across_gateways(
                 break
         assert stats[SEQUENCE]["inference_count"] == total, stats
         assert stats[SEQUENCE]["inference_stats"]["success"]["count"] == total
+        # gRPC's statistics of all models (no model name) are the same merge, and each Triton's own adds up to it.
+        merged = {s.name: s for s in grpc[1].get_inference_statistics().model_stats}
+        assert merged[SEQUENCE].inference_count == total and merged[SEQUENCE].execution_count == total
+        assert merged[SEQUENCE].inference_stats.success.count == total and merged[SEQUENCE].last_inference > 0
+        direct = [triton_grpc.InferenceServerClient(t.grpc_url) for t in stack.tritons]
+        try:
+            each = [c.get_inference_statistics(SEQUENCE).model_stats[0] for c in direct]
+            assert sum(s.inference_count for s in each) == total and all(s.inference_count > 0 for s in each)
+            assert merged[SEQUENCE].inference_stats.success.ns == sum(s.inference_stats.success.ns for s in each)
+            # The index's `ready` filter, as Triton honours it (the stock clients don't send it: raw HTTP, and
+            # tritonclient's own gRPC stub): only READY models.
+            for t in stack.tritons:
+                assert {m.state for m in _index(t.grpc_url, ready=True)} == {"READY"}
+        finally:
+            for c in direct:
+                c.close()
+        assert [m.name for m in _index(gateways[1].grpc_url, ready=True)] == [SEQUENCE]
+        assert [m.name for m in _index(gateways[1].grpc_url, ready=False)] == ["m002", SEQUENCE]
+        ready_http = httpx.post(gateways[1].url + "/v2/repository/index", json={"ready": True}).json()
+        assert ready_http == [{"name": SEQUENCE, "state": "READY"}]
+        # A sequence over a stream (`stream_infer`) through one gateway, ended by a plain request through the other.
+        answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        grpc[0].start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for k, value in enumerate(steps[:3]):
+                grpc[0].async_stream_infer(SEQUENCE, [_input(value)], sequence_id=run + 99, sequence_start=k == 0)
+                result, error = answers.get(timeout=60)
+                assert error is None and float(result.as_numpy("OUTPUT0")[0]) == sum(steps[: k + 1]), error
+                servers.setdefault("stream", set()).add(result.as_numpy("SERVER")[0].decode())
+        finally:
+            grpc[0].stop_stream()
+        last = http[1].infer(SEQUENCE, [_input(steps[3], triton_http)], sequence_id=run + 99, sequence_end=True)
+        assert float(last.as_numpy("OUTPUT0")[0]) == sum(steps)
+        assert servers["stream"] == {last.as_numpy("SERVER")[0].decode()}
+        # Server metadata lists exactly the extensions that work through the gateway (the contract's list), over
+        # both protocols, each one a Triton directly lists too, but `generate`: Triton 2.51 serves the generate
+        # endpoints without listing them.
         extensions = http[0].get_server_metadata()["extensions"]
-        assert {"sequence", "generate", "statistics"} <= set(extensions) and "system_shared_memory" not in extensions
+        assert extensions == list(grpc[1].get_server_metadata().extensions)
+        assert set(extensions) == {
+            *("classification", "sequence", "model_configuration", "schedule_policy"),
+            *("binary_tensor_data", "parameters", "statistics", "generate"),
+        }
+        direct_http = triton_http.InferenceServerClient(stack.tritons[0].url.removeprefix("http://"))
+        try:
+            assert set(extensions) - {"generate"} <= set(direct_http.get_server_metadata()["extensions"])
+        finally:
+            direct_http.close()
     finally:
         for c in [*http, *grpc]:
             c.close()
     for path, why in (("/v2/systemsharedmemory/status", "shared-memory"), ("/v2/logging", "log settings")):
         refused = httpx.get(gateways[0].url + path)
         assert refused.status_code == 501 and why in refused.json()["error"]
+    # The same through the stock client: each refusal says why (directly, a Triton answers them for itself).
+    client = triton_http.InferenceServerClient(gateways[0].url.removeprefix("http://"))
+    try:
+        for ask, why in (
+            (client.get_system_shared_memory_status, "shared-memory"),
+            (client.get_log_settings, "log settings"),
+            (client.get_trace_settings, "trace settings"),
+            (lambda: client.get_trace_settings(model_name=SEQUENCE), "trace settings"),
+        ):
+            with pytest.raises(InferenceServerException, match=why):
+                ask()
+    finally:
+        client.close()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+
+from gateway.errors import BadRequest
 from gateway.refusals import http_refusal
-from gateway.repository import index, merge
+from gateway.repository import grpc_index, grpc_statistics, index, merge
 from placement.records import BackendRecord, BackendSpec, Capacity, CopyState, ModelSpec
 from placement.view import PlacementView
 
@@ -17,6 +24,18 @@ def test_index_states_and_reasons() -> None:
     assert [(e["name"], e["state"]) for e in entries] == [("a", "READY"), ("b", "UNAVAILABLE"), ("c", "UNAVAILABLE")]
     assert entries[1]["reason"] == "loading on t1" and "/admin/models/c/load" in entries[2]["reason"]
     assert [e["name"] for e in index(view, ready_only=True)] == ["a"]
+    # Over gRPC, from the request's bytes: the `ready` filter, and the same entries in Triton's message.
+    dp = SimpleNamespace(placer=SimpleNamespace(view=view))
+    for ready, names in ((True, ["a"]), (False, ["a", "b", "c"])):
+        raw = asyncio.run(grpc_index(dp, pb.RepositoryIndexRequest(ready=ready).SerializeToString()))  # type: ignore[arg-type]
+        models = pb.RepositoryIndexResponse.FromString(raw).models
+        assert [m.name for m in models] == names and models[0].state == "READY"
+    assert pb.RepositoryIndexResponse.FromString(asyncio.run(grpc_index(dp, b""))).models[2].reason  # type: ignore[arg-type]
+    with pytest.raises(BadRequest):
+        asyncio.run(grpc_index(dp, b"\x12\x01x"))  # type: ignore[arg-type]
+    # A statistics request naming a model is its backend's to answer.
+    named = pb.ModelStatisticsRequest(name="a").SerializeToString()
+    assert asyncio.run(grpc_statistics(dp, named)) is None  # type: ignore[arg-type]
 
 
 def test_statistics_of_two_copies_merge() -> None:
