@@ -39,8 +39,10 @@ from gateway.grpc_dataplane import _bind_problem as bind_problem
 from gateway.grpc_fastpath import Bridge, FastPath, LoopInbox, SyncChannels, time_remaining
 from gateway.settings import Settings
 
-THREADS = 64  # calls served at once: warm calls are short, but cold waits and open streams hold one each
-MAX_CALLS = 1024  # calls accepted at once (running and waiting for a thread); past it RESOURCE_EXHAUSTED
+# Calls served at once. Warm calls are short, but cold waits and open streams hold a thread each for as long as
+# they last; threads are started only when needed, and an idle one costs no CPU.
+THREADS = 128
+MAX_CALLS = 2048  # calls accepted at once (running and waiting for a thread); past it RESOURCE_EXHAUSTED
 _END = object()
 
 

@@ -41,7 +41,7 @@ from loadtests.scale import emit
 
 PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
 MODEL = "m001"
-TARGETS = ("direct", "nginx", "gateway", "gateway-threads")
+TARGETS = ("direct", "nginx", "gateway", "gateway-threads", "proto-sync")
 PROTOCOLS = ("http", "grpc")
 
 NGINX_CONF = """\
@@ -90,6 +90,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=["aio"],
         help="the gateway's --grpc-server; with both, 'gateway' runs aio and 'gateway-threads' threads",
+    )
+    p.add_argument(
+        "--prototype-sync",
+        action="store_true",
+        help="gRPC only: also measure loadtests.prototypes.grpc_forward --mode sync (raw-bytes forwarder, no gateway)",
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
     p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
@@ -197,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if (t != "nginx" or use_nginx)
         and (t != "gateway" or servers != ["threads"])
         and (t != "gateway-threads" or "threads" in servers)
+        and (t != "proto-sync" or args.prototype_sync)
     ]
     runs: list[dict[str, Any]] = []
     nginx = None
@@ -215,6 +221,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             urls["gateway-threads"] = {"http": gwt.url.split("://", 1)[1], "grpc": gwt.grpc_url}
         elif servers == ["threads"]:
             urls["gateway-threads"] = urls.pop("gateway")
+        proto = None
+        if args.prototype_sync:
+            from loadtests.grpc_overhead import start_prototype
+
+            proto, address = start_prototype("sync", t.grpc_url, workdir)
+            urls["proto-sync"] = {"grpc": address}
         try:
             if use_nginx:
                 nginx, urls["nginx"] = start_nginx(args.nginx, workdir, urls["direct"]["http"], urls["direct"]["grpc"])
@@ -222,6 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]
                 for target in order:
                     for protocol in args.protocol:
+                        if protocol not in urls[target]:
+                            continue
                         for c in args.concurrency:
                             res = run_perf(args, urls[target][protocol], protocol, c, env)
                             runs.append(
@@ -229,9 +243,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
                             print(f"round {r + 1} {target:<8} {protocol:<5} c={c}: {res}", file=sys.stderr)
         finally:
-            if nginx is not None:
-                nginx.terminate()
-                nginx.wait(10)
+            for proc in (nginx, proto):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
     table: dict[str, Any] = {}
     for protocol in args.protocol:
         for c in args.concurrency:

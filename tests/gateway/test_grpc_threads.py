@@ -22,6 +22,7 @@ import tritonclient.grpc.service_pb2 as pb
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
 from gateway.app import Gateway
+from gateway.grpc_fastpath import time_remaining
 from gateway.grpc_threads import ThreadedGrpcServer
 from gateway.settings import Settings
 from placement.settings import PlacementSettings
@@ -227,3 +228,18 @@ def failed_now(target: str) -> grpc.StatusCode | None:
             code: grpc.StatusCode = exc.code()
             return code
     return None
+
+
+class _Context:
+    def __init__(self, left: float) -> None:
+        self.left = left
+
+    def time_remaining(self) -> float:
+        return self.left
+
+
+def test_the_synchronous_servers_no_deadline_is_no_deadline() -> None:
+    # grpcio's synchronous server says 9.2e18 s for a call without a deadline; grpc.aio says None, and the
+    # loop's handlers (a stream's backend calls) must not get a timeout that large.
+    assert time_remaining(_Context(9.223372035058277e18)) is None  # type: ignore[arg-type]
+    assert time_remaining(_Context(5.0)) == 5.0  # type: ignore[arg-type]
