@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--grpc-server",
         "MODELYARD_GRPC_SERVER",
-        "threads",
+        "aio",
         help="the gRPC data plane's server: threads (grpcio's synchronous server on a thread pool; warm ModelInfer "
         "and Predict answered without the event loop) or aio (grpc.aio on the event loop)",
     )

@@ -41,5 +41,5 @@ class Settings:
     # single-process gateway.
     workers: int = 1
     # --grpc-server: "threads" (gateway.grpc_threads) or "aio" (grpc.aio, gateway.grpc_dataplane.build_server).
-    grpc_server: str = "threads"
+    grpc_server: str = "aio"
     worker_index: int | None = None
