@@ -22,6 +22,7 @@ import tritonclient.grpc.service_pb2 as pb
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
 from gateway.app import Gateway
+from gateway.cli import build_parser, settings_from_args
 from gateway.grpc_fastpath import time_remaining
 from gateway.grpc_threads import ThreadedGrpcServer
 from gateway.settings import Settings
@@ -243,3 +244,18 @@ def test_the_synchronous_servers_no_deadline_is_no_deadline() -> None:
     # loop's handlers (a stream's backend calls) must not get a timeout that large.
     assert time_remaining(_Context(9.223372035058277e18)) is None  # type: ignore[arg-type]
     assert time_remaining(_Context(5.0)) == 5.0  # type: ignore[arg-type]
+
+
+def test_the_grpc_server_flag_is_aio_by_default_and_threads_by_flag_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def server(argv: list[str]) -> str:
+        return settings_from_args(build_parser().parse_args(["serve", "--admin-token", "t", *argv])).grpc_server
+
+    monkeypatch.delenv("MODELYARD_GRPC_SERVER", raising=False)
+    assert server([]) == "aio"
+    assert server(["--grpc-server", "threads"]) == "threads"
+    monkeypatch.setenv("MODELYARD_GRPC_SERVER", "threads")
+    assert server([]) == "threads"
+    with pytest.raises(SystemExit, match="--grpc-server must be threads or aio"):
+        server(["--grpc-server", "sync"])
