@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway processes on the same ports, sharing one Redis and behaving as one gateway; auto: one per core",
     )
     add(
+        "--grpc-server",
+        "MODELYARD_GRPC_SERVER",
+        "aio",
+        help="the gRPC data plane's server: threads (grpcio's synchronous server on a thread pool; warm ModelInfer "
+        "and Predict answered without the event loop) or aio (grpc.aio on the event loop)",
+    )
+    add(
         "--eviction",
         "MODELYARD_EVICTION",
         "nextuse",
@@ -165,6 +172,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"modelyard: --log-format must be json, text or auto, got {args.log_format!r}")
     if args.eviction not in EVICTIONS:
         raise SystemExit(f"modelyard: --eviction must be one of {', '.join(EVICTIONS)}, got {args.eviction!r}")
+    if args.grpc_server not in ("threads", "aio"):
+        raise SystemExit(f"modelyard: --grpc-server must be threads or aio, got {args.grpc_server!r}")
     if args.prewarm not in ("on", "off"):
         raise SystemExit(f"modelyard: --prewarm must be on or off, got {args.prewarm!r}")
     try:
@@ -194,6 +203,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         config=args.config or None,
         workers=workers,
+        grpc_server=args.grpc_server,
         forward_headers=args.forward_headers,
         placement=PlacementSettings(
             redis_prefix=args.redis_prefix,

@@ -19,6 +19,10 @@ Each `Forward`/`Readiness` entry names its adapter `protocol`, how to read the m
 
 Errors become statuses in one place, `gateway.errors.to_grpc`; a backend's own gRPC errors pass through with
 their code and details.
+
+The handlers here are grpc.aio's. `--grpc-server aio` (the default) serves them with `build_server`;
+`--grpc-server threads` (`gateway.grpc_threads`) serves the same table from a thread pool and runs these same
+handlers on the event loop for every call its warm fast path (`gateway.grpc_fastpath`) does not answer.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from gateway.app import Gateway
 from gateway.ctl.serve_config import apply_config_when_ready
 from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer, start_persistent
 from gateway.grpc_dataplane import GrpcPortError, build_server
+from gateway.grpc_threads import ThreadedGrpcServer
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
@@ -114,8 +115,11 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
     client = redis_client(redis_url)  # every command bounded in time (placement.redis_health)
     gateway = Gateway(settings, client, tracing=tracing)
     worker = settings.worker_index
+    grpc_server: grpc.aio.Server | ThreadedGrpcServer
     try:
-        if worker is None:
+        if settings.grpc_server == "threads":  # SO_REUSEPORT on in one of --workers, as below
+            grpc_server = ThreadedGrpcServer(gateway.grpc, settings, reuseport=worker is not None)
+        elif worker is None:
             grpc_server = build_server(gateway.grpc, settings)
         else:  # one of --workers: the port is shared with the other workers
             grpc_server = reuseport_grpc_server(gateway.grpc.handlers(), settings)
@@ -162,7 +166,9 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         log.info("gateway stopped")
 
 
-async def _stop_grpc_on_exit(server: uvicorn.Server, grpc_server: grpc.aio.Server, grace: float) -> None:
+async def _stop_grpc_on_exit(
+    server: uvicorn.Server, grpc_server: grpc.aio.Server | ThreadedGrpcServer, grace: float
+) -> None:
     """Stop the gRPC server when uvicorn is asked to exit, so both drain their requests at the same time."""
     while not server.should_exit:  # noqa: ASYNC110 (uvicorn's exit request is a flag it polls the same way)
         await asyncio.sleep(0.1)

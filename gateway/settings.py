@@ -40,4 +40,6 @@ class Settings:
     # --workers (gateway.workers): processes on the same ports; worker_index is set in each of them, None in a
     # single-process gateway.
     workers: int = 1
+    # --grpc-server: "threads" (gateway.grpc_threads) or "aio" (grpc.aio, gateway.grpc_dataplane.build_server).
+    grpc_server: str = "aio"
     worker_index: int | None = None

@@ -258,6 +258,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway = Target("gateway", gw.grpc_url, grpc.insecure_channel(gw.grpc_url))
             gateway.pids = [gw.proc.pid] if gw.proc else []
             targets = [direct, gateway]
+            if args.threads_gateway:  # a second gateway on the same Redis state, with --grpc-server threads
+                gwt = stack.add_gateway(extra=["--grpc-server", "threads"])
+                targets.append(Target("gateway-threads", gwt.grpc_url, grpc.insecure_channel(gwt.grpc_url)))
+                targets[-1].pids = [gwt.proc.pid] if gwt.proc else []
             for mode in args.prototype:
                 proc, address = start_prototype(mode, triton.grpc_url, workdir)
                 prototypes.append(proc)
@@ -379,6 +383,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         choices=("sync", "aio"),
         help="also measure loadtests.prototypes.grpc_forward in this mode in front of Triton (repeatable)",
+    )
+    p.add_argument(
+        "--threads-gateway",
+        action="store_true",
+        help="also measure a second gateway with --grpc-server threads ('gateway' runs the default server)",
     )
     args = p.parse_args(argv)
     check_open_loop_args(p, args)

@@ -41,7 +41,7 @@ from loadtests.scale import emit
 
 PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
 MODEL = "m001"
-TARGETS = ("direct", "nginx", "gateway")
+TARGETS = ("direct", "nginx", "gateway", "gateway-threads", "proto-sync")
 PROTOCOLS = ("http", "grpc")
 
 NGINX_CONF = """\
@@ -83,6 +83,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--values", type=int, default=16, help="FP32 values in INPUT0")
     p.add_argument("--perf-analyzer", type=Path, default=PERF_VENV / "bin" / "perf_analyzer")
     p.add_argument("--nginx", type=Path, default=Path("/usr/sbin/nginx"), help="nginx binary ('' to skip nginx)")
+    p.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=list(PROTOCOLS), help="protocols to measure")
+    p.add_argument(
+        "--grpc-server",
+        choices=("aio", "threads"),
+        nargs="+",
+        default=["aio"],
+        help="the gateway's --grpc-server; with both, 'gateway' runs aio and 'gateway-threads' threads",
+    )
+    p.add_argument(
+        "--prototype-sync",
+        action="store_true",
+        help="gRPC only: also measure loadtests.prototypes.grpc_forward --mode sync (raw-bytes forwarder, no gateway)",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
     p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
     args = p.parse_args(argv)
@@ -182,11 +195,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = loadavg()
     code = code_version()
     use_nginx = str(args.nginx) not in ("", ".") and shutil.which(str(args.nginx)) is not None
-    targets = [t for t in TARGETS if t != "nginx" or use_nginx]
+    servers = args.grpc_server
+    targets = [
+        t
+        for t in TARGETS
+        if (t != "nginx" or use_nginx)
+        and (t != "gateway" or servers != ["threads"])
+        and (t != "gateway-threads" or "threads" in servers)
+        and (t != "proto-sync" or args.prototype_sync)
+    ]
     runs: list[dict[str, Any]] = []
     nginx = None
     with LocalStack(workdir, ["m000", MODEL], tritons=1) as stack:
-        gw = stack.add_gateway()
+        gw = stack.add_gateway(extra=["--grpc-server", servers[0]])
         stack.register(capacity=2)
         with stack.admin(gw) as admin:
             admin.post(f"/admin/models/{MODEL}/load").raise_for_status()
@@ -195,13 +216,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "direct": {"http": t.url.split("://", 1)[1], "grpc": t.grpc_url},
             "gateway": {"http": gw.url.split("://", 1)[1], "grpc": gw.grpc_url},
         }
+        if len(servers) > 1:  # a second gateway on the same Redis state, with --grpc-server threads
+            gwt = stack.add_gateway(extra=["--grpc-server", "threads"])
+            urls["gateway-threads"] = {"http": gwt.url.split("://", 1)[1], "grpc": gwt.grpc_url}
+        elif servers == ["threads"]:
+            urls["gateway-threads"] = urls.pop("gateway")
+        proto = None
+        if args.prototype_sync:
+            from loadtests.grpc_overhead import start_prototype
+
+            proto, address = start_prototype("sync", t.grpc_url, workdir)
+            urls["proto-sync"] = {"grpc": address}
         try:
             if use_nginx:
                 nginx, urls["nginx"] = start_nginx(args.nginx, workdir, urls["direct"]["http"], urls["direct"]["grpc"])
             for r in range(args.rounds):
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]
                 for target in order:
-                    for protocol in PROTOCOLS:
+                    for protocol in args.protocol:
+                        if protocol not in urls[target]:
+                            continue
                         for c in args.concurrency:
                             res = run_perf(args, urls[target][protocol], protocol, c, env)
                             runs.append(
@@ -209,11 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
                             print(f"round {r + 1} {target:<8} {protocol:<5} c={c}: {res}", file=sys.stderr)
         finally:
-            if nginx is not None:
-                nginx.terminate()
-                nginx.wait(10)
+            for proc in (nginx, proto):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
     table: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
+    for protocol in args.protocol:
         for c in args.concurrency:
             row: dict[str, Any] = {}
             for target in targets:
@@ -223,10 +258,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row[target] = {
                         k: round(median([x[k] for x in ok]), 3) for k in ("throughput", "p50_ms", "p99_ms")
                     } | {"runs": len(ok)}
-            if "gateway" in row and "nginx" in row:
-                row["gateway_over_nginx"] = round(row["gateway"]["throughput"] / row["nginx"]["throughput"], 2)
-            if "gateway" in row and "direct" in row:
-                row["gateway_added_p50_ms"] = round(row["gateway"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+            for gw_name in ("gateway", "gateway-threads"):
+                if gw_name in row and "nginx" in row:
+                    row[f"{gw_name}_over_nginx"] = round(row[gw_name]["throughput"] / row["nginx"]["throughput"], 2)
+                if gw_name in row and "direct" in row:
+                    row[f"{gw_name}_added_p50_ms"] = round(row[gw_name]["p50_ms"] - row["direct"]["p50_ms"], 3)
             table[f"{protocol} c={c}"] = row
     return {
         "benchmark": "perf_analyzer",
@@ -242,6 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "values": args.values,
             "perf_analyzer": "tritonclient==2.34.0 wheel",
             "nginx": "Debian nginx, worker_processes 1" if use_nginx else None,
+            "protocols": args.protocol,
+            "grpc_servers": servers,
         },
         "table": table,
         "runs": runs,
@@ -256,7 +294,9 @@ def report(result: dict[str, Any]) -> str:
             for t in TARGETS
             if t in row
         )
-        extra = f"  gateway/nginx {row['gateway_over_nginx']}" if "gateway_over_nginx" in row else ""
+        extra = "".join(
+            f"  {g}/nginx {row[f'{g}_over_nginx']}" for g in ("gateway", "gateway-threads") if f"{g}_over_nginx" in row
+        )
         lines.append(f"  {key:<10} {cells}{extra}")
     return "\n".join(lines)
 

@@ -46,7 +46,9 @@ class SyncForwarder(grpc.GenericRpcHandler):
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                return bytes(upstream(request, metadata=_metadata(context), timeout=context.time_remaining()))
+                left = context.time_remaining()  # 9.2e18 s when the client set no deadline (grpc.aio says None)
+                timeout = left if left < 1e9 else None
+                return bytes(upstream(request, metadata=_metadata(context), timeout=timeout))
             except grpc.RpcError as exc:
                 context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
                 raise  # not reached: abort raises
