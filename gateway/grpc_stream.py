@@ -56,6 +56,9 @@ def stream_error(message: str, body: bytes) -> bytes:
     return encode_string(1, message) + encode_len(2, inner)
 
 
+OUT_LIMIT = 16  # response messages held for a client that is not reading
+
+
 class StreamRelay:
     """One client `ModelStreamInfer` call; `run` yields the response messages to send back."""
 
@@ -76,7 +79,9 @@ class StreamRelay:
         self.headers = headers
         self.header = header
         self.deadline = deadline
-        self.out: asyncio.Queue[object] = asyncio.Queue()
+        # Bounded: a client that stops reading stops the relay reading its backends (HTTP/2 flow control then holds the
+        # backend back) instead of growing the gateway's memory.
+        self.out: asyncio.Queue[object] = asyncio.Queue(maxsize=OUT_LIMIT)
         self.upstreams: dict[str, BackendStream] = {}
         self.readers: list[asyncio.Task[None]] = []
         self.used: set[tuple[str, str]] = set()
@@ -112,13 +117,13 @@ class StreamRelay:
                 with contextlib.suppress(Exception):
                     await upstream.done_writing()
             await asyncio.gather(*self.readers)
-            self.out.put_nowait(_END)
+            await self.out.put(_END)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: end the stream with INTERNAL, and log the traceback
             log.exception("%s failed", self.path)
             err = to_grpc(exc)
-            self.out.put_nowait(StreamAbort(err.code, err.message))
+            await self.out.put(StreamAbort(err.code, err.message))
 
     async def _one(self, body: bytes) -> None:
         """Place one request message and write it to its backend's stream; an error goes back in the stream."""
@@ -151,7 +156,7 @@ class StreamRelay:
             if seq is not None and seq.end:
                 self.dp.affinity.finished(model, seq)
         except ModelyardError as exc:
-            self.out.put_nowait(stream_error(to_grpc(exc).message, body))
+            await self.out.put(stream_error(to_grpc(exc).message, body))
         except grpc.aio.AioRpcError:
             pass  # the backend's stream ended: its reader reports how
 
@@ -171,9 +176,9 @@ class StreamRelay:
     async def _relay(self, upstream: BackendStream) -> None:
         try:
             async for message in upstream.responses():
-                self.out.put_nowait(message)
+                await self.out.put(message)
         except grpc.aio.AioRpcError:
             pass  # its status says why, below
         code, details = await upstream.status()
         if code != 0:
-            self.out.put_nowait(StreamAbort(grpc_status(code), details))  # as the backend said it
+            await self.out.put(StreamAbort(grpc_status(code), details))  # as the backend said it
