@@ -290,8 +290,9 @@ class Registry:
     # -- placement view --------------------------------------------------------------------------------
     async def placement(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        held = await self.store.copies_and_lru(sorted(self.view.backends))  # one round trip for all backends
-        for bid, rec in sorted(self.view.backends.items()):
+        backends = sorted(self.view.backends.items())  # before the read: one may come or go while it runs
+        held = await self.store.copies_and_lru([bid for bid, _ in backends])  # one round trip for all of them
+        for bid, rec in backends:
             copies, lru = held[bid]
             scores = await self.placer.loader.policy_scores(copies)
             models = [{"name": c.model, "state": c.state.value, "last_used": lru.get(c.model)} for c in copies]
