@@ -80,7 +80,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=500, help="one-by-one PUTs timed, then extrapolated to --models")
     p.add_argument("--reads", type=int, default=5, help="times each admin read is timed (median reported)")
     p.add_argument("--starts", type=int, default=3, help="gateway starts timed per size")
-    p.add_argument("--idle", type=float, default=10.0, help="seconds the idle CPU is measured per gateway")
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=62.0,
+        help="seconds the idle CPU is measured per gateway (62: two of the view's 30 s resyncs, whatever the phase)",
+    )
     p.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help="also profile bulk PUT and paging here")
     args = p.parse_args(argv)
     check_open_loop_args(p, args)

@@ -216,8 +216,9 @@ class Reconciler:
         return dropped
 
     async def ensure_min_copies(self) -> None:
-        for name, spec in list(self.view.models.items()):
-            if spec.min_copies <= len(self.view.ready_backends(name)):
+        for name in sorted(self.view.replicated):  # not every registered model: only those that ask for copies
+            spec = self.view.models.get(name)
+            if spec is None or spec.min_copies <= len(self.view.ready_backends(name)):
                 continue
             try:
                 await self.loader.ensure_copies(name, spec.min_copies)

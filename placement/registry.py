@@ -143,12 +143,14 @@ class Registry:
         twice = sorted(n for n, k in Counter(names).items() if k > 1)  # not names.count: O(n^2) at 10,000
         if twice:
             raise InvalidSpec(f"model name(s) {twice} appear more than once; name each model once")
+        old = await self.store.model_specs(names)  # one round trip per 500, not one per model
         for spec in specs:
-            await self._unload_if_changed(spec)
+            await self._unload_if_differs(spec, old[spec.name])
         await self.store.put_models(specs)
         for spec in specs:
             self._registered(spec)
-        return {"models": [await self.model_json(s.name) for s in specs]}
+        statuses = await self.store.model_statuses(names)
+        return {"models": [statuses[n].to_json() for n in names if n in statuses]}
 
     async def _check_model(self, spec: ModelSpec) -> None:
         """Refuse a model that takes a route's name or that fits no backend of its runtime."""
@@ -172,7 +174,9 @@ class Registry:
             )
 
     async def _unload_if_changed(self, spec: ModelSpec) -> None:
-        old = await self.store.get_model_spec(spec.name)
+        await self._unload_if_differs(spec, await self.store.get_model_spec(spec.name))
+
+    async def _unload_if_differs(self, spec: ModelSpec, old: ModelSpec | None) -> None:
         if old is not None and (
             old.runtime != spec.runtime or old.source != spec.source or old.memory_bytes != spec.memory_bytes
         ):
@@ -203,11 +207,8 @@ class Registry:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
         names = await self.store.list_model_names(limit + 1, cursor)
         page, more = names[:limit], len(names) > limit
-        models = []
-        for n in page:
-            st = await self.store.model_status(n)
-            if st is not None:
-                models.append(st.to_json())
+        statuses = await self.store.model_statuses(page)  # two round trips for the page, not three per model
+        models = [st.to_json() for st in statuses.values()]
         return {"models": models, "next_cursor": page[-1] if more and page else None}
 
     async def delete_model(self, name: str) -> dict[str, Any]:
@@ -289,9 +290,10 @@ class Registry:
     # -- placement view --------------------------------------------------------------------------------
     async def placement(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for bid, rec in sorted(self.view.backends.items()):
-            lru = await self.store.lru_of(bid)
-            copies = await self.store.copies_on(bid)
+        backends = sorted(self.view.backends.items())  # before the read: one may come or go while it runs
+        held = await self.store.copies_and_lru([bid for bid, _ in backends])  # one round trip for all of them
+        for bid, rec in backends:
+            copies, lru = held[bid]
             scores = await self.placer.loader.policy_scores(copies)
             models = [{"name": c.model, "state": c.state.value, "last_used": lru.get(c.model)} for c in copies]
             for m in models:  # the eviction policy's score: higher is kept longer (ready copies only)

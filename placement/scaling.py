@@ -76,8 +76,9 @@ class CopyScaler:
         if last is None or now <= last[0] or now - last[0] > 3 * self.settings.reconcile_interval:
             return  # a first round, or a baseline too old to say how busy a model is now
         seconds = now - last[0]
-        for name, spec in list(self.view.models.items()):
-            if spec.max_copies <= 1 and spec.min_copies <= 1:
+        for name in sorted(self.view.replicated):  # the models that may have more than one copy, not all
+            spec = self.view.models.get(name)
+            if spec is None or (spec.max_copies <= 1 and spec.min_copies <= 1):
                 continue
             rate = max(0, counts.get(name, 0) - last[1].get(name, 0)) / seconds
             ready = self.view.ready_backends(name)

@@ -27,7 +27,7 @@ from placement.clock import SystemClock
 from placement.health import OutlierEjector
 from placement.records import BackendRecord, CopyState, ModelSpec, RouteSpec
 from placement.redis_health import RedisHealth
-from placement.store import RedisStore, Snapshot
+from placement.store import ModelsMark, RedisStore, Snapshot
 from placement.tasks import sleep_or_stop, stop_task
 
 log = logging.getLogger("modelyard.view")
@@ -52,6 +52,11 @@ class PlacementView:
         self.versions: dict[str, int] = {}
         self.tombstones: dict[str, int] = {}
         self.on_generation_lost: Callable[[], None] | None = None
+        # The models' mark when this view last read them all: a resync re-reads them only when it moved.
+        self.models_mark: ModelsMark | None = None
+        # Models that ask for more copies than the default (min_copies > 0 or max_copies > 1): all that the
+        # reconcile leader's min-copies pass and copy scaler walk, so their rounds don't grow with the registry.
+        self.replicated: set[str] = set()
         # Passive outlier ejection (placement.health): backends this gateway's data plane saw failing.
         self.outliers: OutlierEjector = OutlierEjector(SystemClock())
 
@@ -86,9 +91,14 @@ class PlacementView:
         self.generation = snap.generation
         for key, ver in snap.tombstones.items():
             self.tombstones[key] = max(ver, self.tombstones.get(key, 0))
-        self.versions = dict(snap.versions)
+        if snap.models_kept:  # nobody wrote a model since this view read them: keep its own, and their versions
+            self.versions = {k: v for k, v in self.versions.items() if k.startswith("model:")} | snap.versions
+        else:
+            self.versions = dict(snap.versions)
+            self.models = dict(snap.models)
+            self.replicated = {n for n, spec in self.models.items() if _replicated(spec)}
+        self.models_mark = snap.models_mark
         self.backends = dict(snap.backends)
-        self.models = dict(snap.models)
         self.routes = dict(snap.routes)
         self.copies = {m: {b: c.state for b, c in held.items()} for m, held in snap.copies.items()}
         self._notify_all()
@@ -102,7 +112,7 @@ class PlacementView:
             return False
         held = [
             *(f"backend:{b}" for b in self.backends if b not in snap.backends),
-            *(f"model:{m}" for m in self.models if m not in snap.models),
+            *(() if snap.models_kept else (f"model:{m}" for m in self.models if m not in snap.models)),
             *(f"route:{r}" for r in self.routes if r not in snap.routes),
         ]
         return any(snap.tombstones.get(key, -1) < self.versions.get(key, 0) for key in held)
@@ -136,6 +146,10 @@ class PlacementView:
             self.models.pop(name, None)
         else:
             self.models[name] = spec
+        if spec is not None and _replicated(spec):
+            self.replicated.add(name)
+        else:
+            self.replicated.discard(name)
         self._notify(name)
 
     def set_route(self, name: str, spec: RouteSpec | None) -> None:
@@ -192,6 +206,10 @@ class PlacementView:
         self._notify_slots()
 
 
+def _replicated(spec: ModelSpec) -> bool:
+    return spec.min_copies > 0 or spec.max_copies > 1
+
+
 class ViewSync:
     """Keeps a `PlacementView` equal to Redis: snapshot, then pub/sub events, then snapshot again on trouble.
 
@@ -200,6 +218,12 @@ class ViewSync:
     and served, `health` is marked down, and the loop reconnects and resyncs. `on_name(name)` is told of every
     model or route event (None: the whole view was reloaded), so caches of names this gateway looked up can
     drop what the event may have changed (`placement.lookup`).
+
+    What it costs grows with what changes, not with the registry: a periodic resync reads the models only when
+    their mark (`ModelsMark`: a counter every model write bumps, and their count) moved since the view read them,
+    and all of them anyway every `full_every`-th time (a backstop; pub/sub and the counter leave no known gap);
+    events that arrive together (a bulk registration's thousands of `model` events) are applied together, their
+    records read in one pipeline per `placement.store.registry.CHUNK` names.
     """
 
     def __init__(
@@ -210,6 +234,7 @@ class ViewSync:
         health: RedisHealth | None = None,
         heartbeat: float = 0.25,
         heartbeat_timeout: float = 0.75,
+        full_every: int = 10,
     ) -> None:
         self.store = store
         self.view = view
@@ -217,6 +242,8 @@ class ViewSync:
         self.health = health or RedisHealth(SystemClock())
         self.heartbeat = heartbeat
         self.heartbeat_timeout = heartbeat_timeout
+        self.full_every = full_every
+        self._resyncs = 0
         self.on_name: Callable[[str | None], None] = lambda name: None
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
@@ -230,7 +257,9 @@ class ViewSync:
         await stop_task(self._task, self._stop)
 
     async def resync(self) -> None:
-        self.view.load_snapshot(await self.store.snapshot())
+        self._resyncs += 1
+        known = self.view.models_mark if self._resyncs % self.full_every else None
+        self.view.load_snapshot(await self.store.snapshot(known))
         self.on_name(None)
         self.health.mark_up()
 
@@ -267,33 +296,67 @@ class ViewSync:
             if waiting_since is None and now >= next_ping:
                 await pubsub.ping()
                 waiting_since, next_ping = now, now + self.heartbeat
-            msg = await pubsub.get_message(timeout=self.heartbeat)
-            if msg is None and waiting_since is not None and loop.time() - waiting_since > self.heartbeat_timeout:
+            msgs = await self._burst(pubsub)
+            if not msgs and waiting_since is not None and loop.time() - waiting_since > self.heartbeat_timeout:
                 # Judged only when nothing is left to read, so a stall of this process can't look like one of Redis.
                 raise TimeoutError(f"Redis did not answer a PING within {self.heartbeat_timeout:g} s")
-            if msg is not None and msg.get("type") == "message":
-                await self._apply(json.loads(msg["data"]))
-            elif msg is not None and msg.get("type") == "pong":
-                waiting_since = None
-                if not self.health.up:  # marked down by a failed command: Redis answers again, so catch up
-                    await self.resync()
-                    next_resync = loop.time() + self.resync_interval
-                self.health.heard()
+            events: list[dict[str, Any]] = []
+            for msg in msgs:
+                if msg.get("type") == "message":
+                    events.append(json.loads(msg["data"]))
+                elif msg.get("type") == "pong":
+                    waiting_since = None
+                    if not self.health.up:  # marked down by a failed command: Redis answers again, so catch up
+                        await self._apply_all(events)  # first: older copy events must not land on the snapshot
+                        events = []
+                        await self.resync()
+                        next_resync = loop.time() + self.resync_interval
+                    self.health.heard()
+            await self._apply_all(events)
             if loop.time() >= next_resync:
                 await self.resync()
                 next_resync = loop.time() + self.resync_interval
 
-    async def _apply(self, event: dict[str, Any]) -> None:
-        kind = event.get("t")
-        if kind == "copy":
-            self.view.apply_copy_event(event)
-        elif kind == "backend":
-            self.view.set_backend(event["b"], await self.store.get_backend(event["b"]))
-        elif kind == "model":
-            self.on_name(event["m"])
-            self.view.set_model(event["m"], await self.store.get_model_spec(event["m"]))
-        elif kind == "lease":
-            self.view.notify(event["m"])
-        elif kind == "route":
-            self.on_name(event["r"])
-            self.view.set_route(event["r"], await self.store.get_route(event["r"]))
+    async def _burst(self, pubsub: Any, most: int = 2000) -> list[dict[str, Any]]:
+        """The next message (waiting up to a heartbeat for it), and those already arrived behind it."""
+        msgs: list[dict[str, Any]] = []
+        msg = await pubsub.get_message(timeout=self.heartbeat)
+        while msg is not None:
+            msgs.append(msg)
+            if len(msgs) >= most:
+                break
+            msg = await pubsub.get_message(timeout=0.0)
+        return msgs
+
+    async def _apply_all(self, events: list[dict[str, Any]]) -> None:
+        """Apply events in order, except that the models and routes they name are read together at the end (or
+        before a backend event): one pipeline for a burst, not one round trip per name. Reading later is safe:
+        an event only says "re-read it", and what is read is at least as new."""
+        models: dict[str, None] = {}
+        routes: dict[str, None] = {}
+        for event in events:
+            kind = event.get("t")
+            if kind == "copy":
+                self.view.apply_copy_event(event)
+            elif kind == "backend":
+                await self._read_named(models, routes)
+                self.view.set_backend(event["b"], await self.store.get_backend(event["b"]))
+            elif kind == "model":
+                self.on_name(event["m"])
+                models[event["m"]] = None
+            elif kind == "lease":
+                self.view.notify(event["m"])
+            elif kind == "route":
+                self.on_name(event["r"])
+                routes[event["r"]] = None
+        await self._read_named(models, routes)
+
+    async def _read_named(self, models: dict[str, None], routes: dict[str, None]) -> None:
+        if models:
+            for name, spec in (await self.store.model_specs(list(models))).items():
+                self.view.set_model(name, spec)
+            models.clear()
+        if routes:
+            for name, route in (await self.store.routes_named(list(routes))).items():
+                self.view.set_route(name, route)
+            routes.clear()

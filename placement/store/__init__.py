@@ -24,6 +24,8 @@ Key layout (`p` is the configured prefix, default "modelyard"):
                                Redis lost data and the gateways rebuild it (`placement.rebuild`)
     p:routever                 HASH route name -> version (the other records keep theirs in field `ver`)
     p:tombstones               HASH "backend:id" / "model:name" / "route:name" -> version of the delete
+    p:modelsver                INCR counter bumped by every write of a model's spec (put, delete, re-seed): a
+                               view's periodic resync re-reads the models only when it (or their count) moved
 
 Versions are wall-clock milliseconds of the writing gateway: a re-seed after data loss keeps, per record, the
 highest version among what Redis has and what each gateway's view offers, deletes (tombstones) included.
@@ -57,11 +59,11 @@ from placement.store.base import version
 from placement.store.copies import Copies
 from placement.store.leases import Leases
 from placement.store.rebuild import Rebuild
-from placement.store.registry import Registry, Snapshot
+from placement.store.registry import ModelsMark, Registry, Snapshot
 from placement.store.rollouts import Rollouts
 from placement.store.usage import Usage
 
-__all__ = ["RedisStore", "Snapshot", "version"]
+__all__ = ["ModelsMark", "RedisStore", "Snapshot", "version"]
 
 
 class RedisStore(Registry, Copies, Leases, Usage, Rollouts, Rebuild):

@@ -78,6 +78,10 @@ class StoreBase:
         return f"{self.p}:served:{bid}:{part}"
 
     @property
+    def k_models_ver(self) -> str:
+        return f"{self.p}:modelsver"
+
+    @property
     def k_tombstones(self) -> str:
         return f"{self.p}:tombstones"
 

@@ -34,6 +34,24 @@ class Copies(StoreBase):
         pairs: list[Any] = await self.r.zrange(self.k_lru(bid), 0, -1, withscores=True)
         return {_s(m): float(s) for m, s in pairs}
 
+    async def copies_and_lru(self, bids: list[str]) -> dict[str, tuple[list[CopyRecord], dict[str, float]]]:
+        """`copies_on` and `lru_of` of many backends in one round trip (the admin API's placement answer)."""
+        if not bids:
+            return {}
+        self._count("read")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for bid in bids:
+                pipe.hgetall(self.k_copies(bid))
+                pipe.zrange(self.k_lru(bid), 0, -1, withscores=True)
+            raws = await pipe.execute()
+        return {
+            bid: (
+                [_copy_from_json(_s(m), bid, raw) for m, raw in held.items()],
+                {_s(m): float(t) for m, t in lru},
+            )
+            for bid, held, lru in zip(bids, raws[0::2], raws[1::2], strict=True)
+        }
+
     async def reserve(self, bid: str, model: str, memory_bytes: int, token: int, now: float) -> str:
         self._count("script")
         res = await self._reserve(

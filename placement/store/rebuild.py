@@ -33,6 +33,8 @@ class Rebuild(StoreBase):
             keys=[*keys, f"{self.p}:routever", own],
             args=[kind, name, ver, json.dumps(spec.to_json()) if spec else "", cap_models, cap_bytes, self.events],
         )
+        if kind == "model" and _s(res) != "kept":
+            await self.r.incr(self.k_models_ver)  # after the write: the views' next resync reads the models
         return _s(res)
 
     async def adopt_held(self, bid: str, model: str, now: float) -> str:
