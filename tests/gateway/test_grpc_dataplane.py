@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -280,8 +279,7 @@ def test_a_model_the_backend_lost_is_reloaded_transparently_over_grpc(
         triton = stack.tritons[int(md["x-modelyard-backend"].split("-")[1])]
         # Behind the gateway's back (as after a backend restart), the model goes away.
         httpx.post(f"{triton.url}/v2/repository/models/m029/unload", json={}, timeout=10)
-        while "m029" in stack.holding(triton):
-            time.sleep(0.05)
+        eventually(lambda: "m029" not in stack.holding(triton), "Triton to drop m029")
         resp, md = rpc(ch, "ModelInfer", infer_request("m029", [5.0]), pb.ModelInferResponse, timeout=60)
     assert outputs(resp) == {"OUTPUT0": [5.0 + offset("m029")], "MODEL_NAME": "m029"}
     assert md["x-modelyard-cold"] == "1"
@@ -335,7 +333,11 @@ def test_sigterm_lets_an_inflight_grpc_request_finish(stack: LocalStack, start_g
 
     caller = threading.Thread(target=slow_request)
     caller.start()
-    time.sleep(0.3)
+    # SIGTERM once the gateway has the request (it counts a placement hit before forwarding it).
+    eventually(
+        lambda: total(samples(httpx.get(f"{gw.url}/metrics").text), "modelyard_placement_total", result="hit") >= 1,
+        "the gateway took the slow request",
+    )
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
     caller.join()
