@@ -23,9 +23,8 @@ from collections.abc import Callable
 
 from placement.clock import Clock
 from placement.errors import PlacementError
-from placement.eviction import EvictionCandidate
 from placement.loader import Loader
-from placement.prewarm import Prewarmer
+from placement.prewarm import Prewarmer, prewarm_candidate
 from placement.records import CopyState
 from placement.redis_health import UNREACHABLE, RedisHealth
 from placement.settings import PlacementSettings
@@ -125,14 +124,7 @@ class PrewarmTask:
         last, gap, secs = facts[model]
         self._tried[model] = last
         worth = self.loader.eviction.score(
-            EvictionCandidate(
-                model,
-                "",
-                last,
-                memory_bytes=self.view.models[model].memory_bytes,
-                load_seconds=secs,
-                mean_gap=gap,
-            )
+            prewarm_candidate(model, last, gap, secs, self.view.models[model].memory_bytes, now)
         )
         self._running = asyncio.create_task(self._prewarm(model, worth), name=f"modelyard-prewarm-{model}")
 
