@@ -51,9 +51,12 @@ class Prewarmer:
     max_misses: int = 3
     min_gap: float = 5.0  # models asked for more often than this stay loaded by eviction alone
     retry_after: float = 600.0
+    early_step: float = 0.1  # how much earlier (share of the gap) after a request that came before its pre-warm
+    max_early: float = 0.5
     max_retry_after: float = 4800.0
     stats: PrewarmStats = field(default_factory=PrewarmStats)
     _misses: dict[str, int] = field(default_factory=dict)
+    _early: dict[str, float] = field(default_factory=dict)  # per model: share of its gap to pre-warm earlier
     _gave_up: dict[str, int] = field(default_factory=dict)  # give-ups in a row, for the doubling pause
     _paused_from: dict[str, float] = field(default_factory=dict)  # given up: the last use its pause counts from
     _pending: set[str] = field(default_factory=set)  # pre-warmed copies not yet used
@@ -62,7 +65,11 @@ class Prewarmer:
         """When to start a pre-warm of `model` (None: don't), given its last request and learned gap."""
         if mean_gap < self.min_gap or self._paused(model, last_used):
             return None
-        return last_used + mean_gap - self.lead - load_seconds
+        return last_used + (1 - self._early.get(model, 0.0)) * mean_gap - self.lead - load_seconds
+
+    def late(self, model: str) -> None:
+        """A request for `model` came before its pre-warm was due: pre-warm it earlier from now on."""
+        self._early[model] = min(self.max_early, self._early.get(model, 0.0) + self.early_step)
 
     def given_up(self, model: str) -> bool:
         return self._misses.get(model, 0) >= self.max_misses
@@ -97,6 +104,8 @@ class Prewarmer:
         if model in self._pending:
             self._pending.discard(model)
             self.stats.wasted += 1
+            if model in self._early:  # loaded too early, perhaps: back off a step
+                self._early[model] = max(0.0, self._early[model] - self.early_step)
             n = self._misses.get(model, 0) + 1
             self._misses[model] = n
             if n == self.max_misses:

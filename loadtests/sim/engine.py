@@ -22,6 +22,8 @@ from placement.policy import BackendChooser, BackendLoad
 from placement.prewarm import Prewarmer, prewarm_candidate
 from placement.records import ModelSpec
 
+TICK = 0.5  # how often the pre-warm leader looks (`PlacementSettings.prewarm_interval`'s default)
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -66,6 +68,7 @@ class Simulation:
     ) -> None:
         self.prewarmer = prewarmer
         self.due: list[tuple[float, str, float]] = []  # pre-warms: (when, model, the last use they follow)
+        self.expected: dict[str, float] = {}  # model -> when its pending pre-warm is due
         self.trace = trace
         self.backends = {b.name: b for b in backends}
         self.chooser = chooser
@@ -109,8 +112,13 @@ class Simulation:
             else:
                 when, model, stamp = heapq.heappop(self.due)
                 self.clock.t = max(self.clock.t, when)
-                if self.arrived.get(model) == stamp and model not in self.copies:
+                if self.arrived.get(model) != stamp:
+                    continue  # asked for before it was due
+                if model not in self.copies:
                     self._prewarm(model)
+                elif when + TICK < stamp + self.gaps.get(model, 0.0):
+                    # Held now, perhaps not by then: look again next tick, as `PrewarmTask.tick` does.
+                    heapq.heappush(self.due, (when + TICK, model, stamp))
         self.clock.t = max(self.clock.t, t)
 
     def request(self, model: str) -> None:
@@ -123,10 +131,13 @@ class Simulation:
             self.gaps[model] = gap
         self.arrived[model] = now
         if self.prewarmer is not None:
+            if self.expected.pop(model, now) > now and model not in self.copies:
+                self.prewarmer.late(model)  # its request came before the pre-warm was due
             self.prewarmer.served(model)
             due = self.prewarmer.due_at(model, now, self.gaps.get(model, 0.0), self.trace.costs[model])
             if due is not None and due > now:
                 heapq.heappush(self.due, (due, model, now))
+                self.expected[model] = due
         copy = self.copies.get(model)
         if copy is None:
             copy = self._load(model)
