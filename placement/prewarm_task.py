@@ -23,9 +23,8 @@ from collections.abc import Callable
 
 from placement.clock import Clock
 from placement.errors import PlacementError
-from placement.eviction import EvictionCandidate
 from placement.loader import Loader
-from placement.prewarm import Prewarmer
+from placement.prewarm import Prewarmer, prewarm_candidate
 from placement.records import CopyState
 from placement.redis_health import UNREACHABLE, RedisHealth
 from placement.settings import PlacementSettings
@@ -61,6 +60,7 @@ class PrewarmTask:
         self._token: int | None = None
         self._started: dict[str, float] = {}  # model -> when its pre-warmed copy was committed, not yet settled
         self._tried: dict[str, float] = {}  # model -> the last use whose next request was pre-warmed for
+        self._expected: dict[str, tuple[float, float]] = {}  # model -> (its last use, when its pre-warm is due)
         self._running: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -112,10 +112,13 @@ class PrewarmTask:
         now = self.clock.now()
         due: list[tuple[float, str]] = []
         for model, (last, gap, secs) in facts.items():
+            self._note_late(model, last)
             spec = self.view.models.get(model)
             if spec is None or self._held(model) or self._tried.get(model) == last:
                 continue
             when = self.prewarmer.due_at(model, last, gap, secs)
+            if when is not None:
+                self._expected[model] = (last, when)
             # Too late once the expected request is past: demand will load it if it comes.
             if when is not None and when <= now < last + gap:
                 due.append((when, model))
@@ -125,16 +128,17 @@ class PrewarmTask:
         last, gap, secs = facts[model]
         self._tried[model] = last
         worth = self.loader.eviction.score(
-            EvictionCandidate(
-                model,
-                "",
-                last,
-                memory_bytes=self.view.models[model].memory_bytes,
-                load_seconds=secs,
-                mean_gap=gap,
-            )
+            prewarm_candidate(model, last, gap, secs, self.view.models[model].memory_bytes, now)
         )
         self._running = asyncio.create_task(self._prewarm(model, worth), name=f"modelyard-prewarm-{model}")
+
+    def _note_late(self, model: str, last: float) -> None:
+        """A request for `model` came before the pre-warm due for it and none was started: `Prewarmer.late`."""
+        stamp, when = self._expected.get(model, (last, 0.0))
+        if stamp != last:
+            del self._expected[model]
+            if last < when and self._tried.get(model) != stamp:
+                self.prewarmer.late(model)
 
     async def wait_idle(self) -> None:
         """Wait for the pre-warm under way, if any (tests)."""

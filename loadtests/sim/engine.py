@@ -15,12 +15,14 @@ import heapq
 from dataclasses import dataclass, field
 
 from loadtests.sim.trace import Trace
-from placement.arrivals import keep_value, remaining, update_gap
+from placement.arrivals import update_gap
 from placement.clock import FakeClock
 from placement.eviction import EvictionCandidate, EvictionPolicy
 from placement.policy import BackendChooser, BackendLoad
-from placement.prewarm import Prewarmer
+from placement.prewarm import Prewarmer, prewarm_candidate
 from placement.records import ModelSpec
+
+TICK = 0.5  # how often the pre-warm leader looks (`PlacementSettings.prewarm_interval`'s default)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Simulation:
     ) -> None:
         self.prewarmer = prewarmer
         self.due: list[tuple[float, str, float]] = []  # pre-warms: (when, model, the last use they follow)
+        self.expected: dict[str, float] = {}  # model -> when its pending pre-warm is due
         self.trace = trace
         self.backends = {b.name: b for b in backends}
         self.chooser = chooser
@@ -88,7 +91,9 @@ class Simulation:
             self.request(model)
         if self.prewarmer is not None:
             st = self.prewarmer.stats
-            self.result.extra.update(prewarm_loads=st.loads, prewarm_used=st.used, prewarm_given_up=st.given_up)
+            self.result.extra.update(
+                prewarm_loads=st.loads, prewarm_used=st.used, prewarm_given_up=st.given_up, prewarm_retried=st.retried
+            )
         return self.result
 
     def _advance(self, t: float) -> None:
@@ -107,8 +112,13 @@ class Simulation:
             else:
                 when, model, stamp = heapq.heappop(self.due)
                 self.clock.t = max(self.clock.t, when)
-                if self.arrived.get(model) == stamp and model not in self.copies:
+                if self.arrived.get(model) != stamp:
+                    continue  # asked for before it was due
+                if model not in self.copies:
                     self._prewarm(model)
+                elif when + TICK < stamp + self.gaps.get(model, 0.0):
+                    # Held now, perhaps not by then: look again next tick, as `PrewarmTask.tick` does.
+                    heapq.heappush(self.due, (when + TICK, model, stamp))
         self.clock.t = max(self.clock.t, t)
 
     def request(self, model: str) -> None:
@@ -121,10 +131,13 @@ class Simulation:
             self.gaps[model] = gap
         self.arrived[model] = now
         if self.prewarmer is not None:
+            if self.expected.pop(model, now) > now and model not in self.copies:
+                self.prewarmer.late(model)  # its request came before the pre-warm was due
             self.prewarmer.served(model)
             due = self.prewarmer.due_at(model, now, self.gaps.get(model, 0.0), self.trace.costs[model])
             if due is not None and due > now:
                 heapq.heappush(self.due, (due, model, now))
+                self.expected[model] = due
         copy = self.copies.get(model)
         if copy is None:
             copy = self._load(model)
@@ -151,30 +164,35 @@ class Simulation:
                 requests=self.requests.get(m, 0),
                 load_seconds=self.learned.get(m, 0.0),
                 mean_gap=self.gaps.get(m, 0.0),
+                last_request=self.last_used.get(m, 0.0),
             )
             for m, c in self.copies.items()
             if c.ready_at <= now
         ]
 
     def _prewarm(self, model: str) -> None:
-        """Load `model` ahead of its expected request: into free room, or in place of copies worth less than it
-        (by the predicted-next-use value), never waiting for a slot."""
+        """Load `model` ahead of its expected request, as `Loader.prewarm` does: into free room, or in place of
+        copies the eviction policy scores below the pre-warm (`prewarm_candidate`), never waiting for a slot."""
         assert self.prewarmer is not None
         spec = self.specs[model]
-        cost = self.learned.get(model, 0.0)
-        value = keep_value(cost, spec.memory_bytes, self.prewarmer.lead + cost)
+        worth = self.policy.score(
+            prewarm_candidate(
+                model,
+                self.last_used.get(model, 0.0),
+                self.gaps.get(model, 0.0),
+                self.learned.get(model, 0.0),
+                spec.memory_bytes,
+                self.clock.now(),
+            )
+        )
         while True:
             loads = [b for b in self._loads() if b.could_ever_fit(spec)]
             if any(b.fits(spec) for b in loads):
                 break
             ranked = self.policy.rank(self.candidates())
-            if not ranked:
+            if not ranked or self.policy.score(ranked[0]) >= worth:
                 return
-            victim = ranked[0]
-            idle = self.clock.now() - max(victim.last_used, victim.loaded_at)
-            if keep_value(victim.load_seconds, victim.memory_bytes, remaining(victim.mean_gap, idle)) >= value:
-                return
-            self._evict(victim)
+            self._evict(ranked[0])
         self.prewarmer.started(model)
         self._start_load(model)
 

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"- {r.policy}: {r.extra['prewarm_loads']:,.0f} pre-warm loads, "
                     f"{r.extra['prewarm_used']:,.0f} used before eviction, "
-                    f"{r.extra['prewarm_given_up']:,.0f} models given up; load-s include them"
+                    f"{r.extra['prewarm_given_up']:,.0f} give-ups, {r.extra['prewarm_retried']:,.0f} retries after a "
+                    "pause; load-s include them"
                 )
         print()
         print("run time: " + ", ".join(f"{r.policy} {r.extra['seconds']:.1f} s" for r in results), file=sys.stderr)

@@ -23,6 +23,9 @@ class EvictionCandidate:
     requests: int = 0  # requests the model served since it was registered, every gateway: survives eviction
     load_seconds: float = 0.0  # learned time of one load of this model (0: never measured)
     mean_gap: float = 0.0  # learned mean seconds between its requests, every gateway (0: not known yet)
+    # The model's last request on any gateway (p:lastused, survives eviction; 0: not read). Before `loaded_at`
+    # when the copy was loaded ahead of its next request (pre-warmed) and not used since.
+    last_request: float = 0.0
 
 
 class EvictionPolicy(Protocol):

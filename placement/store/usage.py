@@ -61,6 +61,16 @@ class Usage(StoreBase):
             for m, n, s, g in zip(names, counts, secs, gaps, strict=True)
         }
 
+    async def last_requests(self, models: Iterable[str]) -> dict[str, float]:
+        """Each model's last use on any gateway (`p:lastused`, kept across evictions; 0 when never), in one round
+        trip: `EvictionCandidate.last_request`, which tells a pre-warmed copy (loaded after it) from the rest."""
+        names = list(dict.fromkeys(models))
+        if not names:
+            return {}
+        self._count("read")
+        scores = await self.r.zmscore(f"{self.p}:lastused", names)
+        return {m: float(t) if t is not None else 0.0 for m, t in zip(names, scores, strict=True)}
+
     async def prewarm_facts(self) -> dict[str, tuple[float, float, float]]:
         """(last used anywhere, learned mean gap, learned load seconds) of every model with a learned gap, in one
         round trip: what the pre-warm leader reads each tick (`placement.prewarm_task`; never the warm path)."""

@@ -80,6 +80,9 @@ async def test_gaps_between_requests_are_learned_in_the_batched_usage_writes_acr
         await g.store.touch_many(g.usage.drain(), g.usage.drain_requests())
     facts = await one.store.eviction_facts(["tick", "new"])
     assert facts["tick"][2] == pytest.approx(30.0) and facts["new"][2] == 0.0
+    # The last request anywhere, which survives eviction (EvictionCandidate.last_request); 0 when never used.
+    last = await two.store.last_requests(["tick", "new"])
+    assert last == {"tick": clock.now(), "new": 0.0}
     clock.advance(5)
     await one.ensure("third")  # tick is due in 25 s; new, seen never since its load, predicted far off
     assert backends["b1"].unloads == ["new"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from placement.arrivals import remaining, update_gap
+from placement.arrivals import WEIGHT, ahead, remaining, update_gap
 from placement.clock import FakeClock
 from placement.eviction import (
     EVICTIONS,
@@ -13,7 +13,7 @@ from placement.eviction import (
     LeastRecentlyUsed,
     PredictedNextUse,
 )
-from placement.prewarm import Prewarmer
+from placement.prewarm import Prewarmer, prewarm_candidate
 
 GB = 1 << 30
 
@@ -85,14 +85,15 @@ def test_the_mean_gap_learns_from_batches_and_ignores_what_says_nothing() -> Non
     assert update_gap(None, None, 5.0, 1) is None  # first request: no gap yet
     assert update_gap(None, 0.0, 10.0, 1) == 10.0
     assert update_gap(None, 0.0, 10.0, 5) == 2.0  # five requests in one flush of ten seconds
-    assert update_gap(10.0, 0.0, 20.0, 1) == pytest.approx(0.7 * 10 + 0.3 * 20)
+    assert update_gap(10.0, 0.0, 20.0, 1) == pytest.approx((1 - WEIGHT) * 10 + WEIGHT * 20)
     assert update_gap(4.0, 9.0, 9.0, 1) == 4.0 and update_gap(4.0, 1.0, 9.0, 0) == 4.0
 
 
-def test_remaining_time_is_the_rest_of_the_usual_gap_then_grows_with_idleness() -> None:
-    assert remaining(60.0, 10.0) == 50.0
-    assert remaining(60.0, 90.0) == 90.0  # overdue: slowing down
-    assert remaining(0.0, 0.2) == 2.0 and remaining(0.0, 30.0) == 60.0  # no pattern yet
+def test_remaining_time_is_the_usual_gap_lengthened_by_idleness_and_a_prewarm_counts_down() -> None:
+    assert remaining(60.0, 10.0) == 62.5  # memoryless: the usual gap, a little more for the idle time
+    assert remaining(60.0, 90.0) == 82.5 > remaining(60.0, 10.0)  # idle long: the rate may have dropped
+    assert remaining(0.0, 0.2) == 8.0 and remaining(0.0, 30.0) == 240.0  # seen once: probation
+    assert ahead(60.0, 55.0) == 5.0 and ahead(60.0, 70.0) == 10.0  # a pre-warm's request: due, then overdue
 
 
 def test_nextuse_evicts_the_copy_predicted_to_be_asked_for_last() -> None:
@@ -111,6 +112,27 @@ def test_nextuse_evicts_the_copy_predicted_to_be_asked_for_last() -> None:
     assert nu.rank([small, big, cand("young", 0.0, loaded_at=999.9)])[-1].model == "young"
 
 
+def test_nextuse_keeps_a_prewarmed_copy_for_the_request_it_was_loaded_for_but_not_after() -> None:
+    clock = FakeClock(1000.0)
+    nu = PredictedNextUse(clock)
+    # Called every 60 s, last at 950, pre-warmed at 998: its request is due in 10 s; a model called every 30 s,
+    # used 1 s ago, is expected in about 30 s: it goes first.
+    warm = cand("warm", 950.0, mean_gap=60.0, loaded_at=998.0, last_request=950.0)
+    recent = cand("recent", 999.0, mean_gap=30.0, loaded_at=500.0, last_request=999.0)
+    assert [c.model for c in nu.rank([warm, recent])] == ["recent", "warm"]
+    # Not knowing the model's last request (0), the same copy is just a copy idle since its load.
+    blind = cand("warm", 998.0, mean_gap=60.0, loaded_at=998.0)
+    assert nu.rank([blind, recent])[0].model == "warm"
+    # Its request 40 s overdue: the caller may have stopped; it goes first.
+    clock.t = 1050.0
+    stale = cand("warm", 950.0, mean_gap=60.0, loaded_at=998.0, last_request=900.0)
+    assert (
+        nu.rank([stale, cand("recent", 1049.0, mean_gap=30.0, loaded_at=500.0, last_request=1049.0)])[0].model == "warm"
+    )
+    # What a pre-warm is worth is the score of such a copy loaded now.
+    assert nu.score(prewarm_candidate("m", 1000.0, 60.0, 1.0, GB, 1050.0)) == pytest.approx(1.0 / 10.0)
+
+
 def test_prewarm_is_due_before_the_expected_request_and_gives_up_after_repeated_misses() -> None:
     pw = Prewarmer(lead=2.0, max_misses=2, min_gap=5.0)
     assert pw.due_at("m", last_used=100.0, mean_gap=60.0, load_seconds=1.5) == 100.0 + 60 - 2 - 1.5
@@ -124,3 +146,23 @@ def test_prewarm_is_due_before_the_expected_request_and_gives_up_after_repeated_
     assert pw.due_at("m", 200.0, 60.0, 1.5) is None
     pw.evicted("other")  # not pre-warmed: nothing to count
     assert (pw.stats.loads, pw.stats.used, pw.stats.wasted, pw.stats.given_up) == (3, 1, 2, 1)
+
+
+def test_a_given_up_model_is_tried_again_after_a_pause_that_doubles_while_it_keeps_missing() -> None:
+    pw = Prewarmer(lead=2.0, max_misses=2, retry_after=600.0, max_retry_after=1000.0)
+
+    def miss() -> None:
+        pw.started("m")
+        pw.evicted("m")
+
+    miss(), miss()
+    assert pw.due_at("m", 100.0, 60.0, 1.0) is None  # given up; the pause counts from this last use
+    assert pw.due_at("m", 699.0, 60.0, 1.0) is None
+    assert pw.due_at("m", 700.0, 60.0, 1.0) == 757.0 and pw.stats.retried == 1
+    miss()  # one miss after the retry gives it up again, for twice as long (capped)
+    assert pw.due_at("m", 800.0, 60.0, 1.0) is None
+    assert pw.due_at("m", 1799.0, 60.0, 1.0) is None and pw.due_at("m", 1800.0, 60.0, 1.0) is not None
+    pw.started("m")
+    pw.served("m")  # used: everything is forgotten
+    miss()
+    assert pw.due_at("m", 1900.0, 60.0, 1.0) is not None and pw.stats.given_up == 2

@@ -3,14 +3,17 @@ on a small synthetic one (behaviour, not wall time)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from loadtests.sim.engine import Backend, Simulation
 from loadtests.sim.run import simulate, split
 from loadtests.sim.trace import Trace, azure_dir, azure_trace, lognormal_sizes, uniform_costs, zipf_trace
 from placement.clock import FakeClock
-from placement.eviction import GreedyDualSizeFrequency
+from placement.eviction import EvictionCandidate, GreedyDualSizeFrequency, PredictedNextUse
 from placement.policy import MostFreeFirst
+from placement.prewarm import Prewarmer
 
 
 def tiny(order: str) -> Trace:
@@ -80,3 +83,30 @@ def test_prewarming_in_the_simulator_serves_periodic_models_from_copies_loaded_a
     # and since each pre-warm replaces a demand load, no more loading is done.
     assert off.waited == 200 and 120 <= on.waited <= 126 and on.extra["prewarm_used"] == on.extra["prewarm_loads"]
     assert on.load_seconds == off.load_seconds
+
+
+def test_a_prewarmed_copy_outlives_busier_models_until_the_request_it_was_loaded_for() -> None:
+    # Two slots. "tick" is called every 30 s; "busy" every 4 s (too often to pre-warm) from 2 s to 26 s after it;
+    # a one-off model arrives 29 s after each tick and needs a slot: between the busy copy (due in ~5 s) and the
+    # pre-warmed tick (due in 1 s), nextuse evicts busy, as the pre-warmed copy counts down to its request.
+    reqs = [(30.0 * k, "tick") for k in range(20)] + [(30.0 * k + 29, f"x{k}") for k in range(20)]
+    reqs += [(30.0 * k + 2 + 4 * j, "busy") for k in range(20) for j in range(7)]
+    reqs.sort()
+    names = {m for _, m in reqs}
+    trace = Trace("countdown", reqs, dict.fromkeys(names, 1), dict.fromkeys(names, 1.0))
+    on = simulate(trace, [Backend("b1", 2)], "nextuse+prewarm")
+    # Every pre-warm is used but the last, made for a request after the trace's end.
+    assert on.extra["prewarm_loads"] >= 17 and on.extra["prewarm_used"] == on.extra["prewarm_loads"] - 1
+
+    class Blind(Simulation):
+        """The candidates without the model's last request: a pre-warmed copy looks idle since its load."""
+
+        def candidates(self) -> list[EvictionCandidate]:
+            return [
+                dataclasses.replace(c, last_request=0.0, last_used=max(c.last_used, c.loaded_at))
+                for c in super().candidates()
+            ]
+
+    clock = FakeClock(0.0)
+    blind = Blind(trace, [Backend("b1", 2)], MostFreeFirst(), PredictedNextUse(clock), clock, Prewarmer()).run()
+    assert blind.extra["prewarm_used"] <= 2 < blind.extra["prewarm_loads"] and blind.waited > on.waited
