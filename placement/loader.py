@@ -473,6 +473,9 @@ class Loader:
     async def _candidates(self, copies: list[CopyRecord]) -> list[EvictionCandidate]:
         facts = await self.store.eviction_facts(c.model for c in copies)
         lru = {bid: await self.store.lru_of(bid) for bid in {c.backend for c in copies}}
+        # Last request on any gateway, kept across evictions: tells a pre-warmed copy (loaded after it, not used
+        # yet) from the rest, so `nextuse` counts it down to its expected request instead of calling it idle.
+        last = await self.store.last_requests(c.model for c in copies)
         out = []
         for c in copies:
             spec = self.view.models.get(c.model)
@@ -487,6 +490,7 @@ class Loader:
                     requests=requests,
                     load_seconds=seconds,
                     mean_gap=gap,
+                    last_request=last.get(c.model, 0.0),
                 )
             )
         return out

@@ -86,3 +86,20 @@ async def test_gaps_between_requests_are_learned_in_the_batched_usage_writes_acr
     clock.advance(5)
     await one.ensure("third")  # tick is due in 25 s; new, seen never since its load, predicted far off
     assert backends["b1"].unloads == ["new"]
+
+
+async def test_candidates_carry_the_last_request_so_a_prewarmed_copy_is_told_from_an_idle_one(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend], clock: FakeClock
+) -> None:
+    placer = await make_placer(eviction_policy="nextuse")
+    await register(placer, backends, {"b1": 2}, [triton(n) for n in ("used", "ahead")])
+    await placer.ensure("used")
+    placer.usage.start("used", "b1")
+    placer.usage.finish("used", "b1")
+    await placer.store.touch_many(placer.usage.drain(), placer.usage.drain_requests())
+    clock.advance(5)
+    await placer.ensure("ahead")  # loaded with no request yet, as a pre-warm is
+    copies = await placer.store.copies_on("b1")
+    candidates = {c.model: c for c in await placer.loader._candidates(copies)}
+    assert candidates["used"].last_request == pytest.approx(clock.now() - 5)
+    assert candidates["ahead"].last_request == 0.0  # never requested anywhere
