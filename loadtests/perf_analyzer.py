@@ -37,7 +37,7 @@ import httpx
 
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
-from loadtests.harness import code_version, descendants, loadavg, machine_info, processes_cpu_s
+from loadtests.harness import code_version, descendants, loadavg, machine_info, processes_user_sys_s
 from loadtests.scale import emit
 
 PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
@@ -152,7 +152,7 @@ def run_perf(
     inference over the whole run, the figure that holds best on a busy machine (throughput depends on what else
     gets the cores)."""
     if cpu is not None:
-        before = (processes_cpu_s(cpu[1]), served(cpu[0]))
+        before = (processes_user_sys_s(cpu[1]), served(cpu[0]))
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as f:
         csv_path = Path(f.name)
     cmd = [
@@ -192,8 +192,10 @@ def run_perf(
         "p99_ms": round(float(row["p99 latency"]) / 1000, 3),
     }
     if cpu is not None:
-        n = served(cpu[0]) - before[1]
-        result["cpu_us"] = round(1e6 * (processes_cpu_s(cpu[1]) - before[0]) / max(n, 1), 1)
+        n = max(1, served(cpu[0]) - before[1])
+        user, system = processes_user_sys_s(cpu[1])
+        result["cpu_us"] = round(1e6 * (user + system - sum(before[0])) / n, 1)
+        result["sys_us"] = round(1e6 * (system - before[0][1]) / n, 1)  # of which in the kernel
     return result
 
 
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ok = [x for x in runs if (x["target"], x["protocol"], x["concurrency"]) == (target, protocol, c)]
                 ok = [x for x in ok if "error" not in x]
                 if ok:
-                    keys = ("throughput", "p50_ms", "p99_ms", "cpu_us")
+                    keys = ("throughput", "p50_ms", "p99_ms", "cpu_us", "sys_us")
                     row[target] = {k: round(median([x[k] for x in ok if k in x]), 3) for k in keys if k in ok[0]}
                     row[target]["runs"] = len(ok)
             if "gateway" in row and "nginx" in row:
