@@ -5,7 +5,8 @@ Profiled under perf_analyzer at concurrency 8 (docs/benchmarks.md), half of the 
 the client twice. For the data plane's requests (`HttpDataPlane.handles`: KServe v2 and TF Serving REST), this
 protocol skips uvicorn's per-request machinery (`RequestResponseCycle`, its `asyncio.Event`, the ASGI messages
 written one by one) and writes each answer, headers and body, in one `transport.write`. The same ASGI app runs,
-with the same scope, so every behaviour is the app's as before.
+with the same scope, so every behaviour is the app's as before; only uvicorn's proxy-headers middleware is left
+out (it rewrites the scope's client and scheme, which the data plane does not read).
 
 Only a request that can be served whole from one buffered body takes this path: GET or POST to a data-plane path
 other than `generate_stream` (answers streamed as they come), with a Content-Length within `max_body` (so the
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -195,6 +197,12 @@ class DataPlaneProtocol(HttpToolsProtocol):
         scope["query_string"] = parsed.query or b""
         return _Cycle(self, scope, http_version != "1.0" and self.parser.should_keep_alive())  # type: ignore[arg-type]
 
+    def _data_plane_app(self) -> Callable[..., Any]:
+        """The app without uvicorn's proxy-headers middleware: it rewrites the scope's client and scheme from
+        X-Forwarded-* headers, which the data plane never reads."""
+        app = self.app
+        return app.app if isinstance(app, ProxyHeadersMiddleware) else app
+
     def on_body(self, body: bytes) -> None:
         cycle: object = self.cycle
         if type(cycle) is _Cycle:
@@ -206,7 +214,7 @@ class DataPlaneProtocol(HttpToolsProtocol):
         cycle: object = self.cycle
         if type(cycle) is _Cycle:
             context = contextvars.Context() if self.config.reset_contextvars else None
-            task = self.loop.create_task(cycle.run(self.app), context=context)
+            task = self.loop.create_task(cycle.run(self._data_plane_app()), context=context)
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
             return
