@@ -23,6 +23,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def each_request(reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(head, body) of each request on a connection, until the client closes it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     servers: list[asyncio.Server] = []
@@ -172,11 +181,7 @@ async def test_requests_over_the_connection_limit_wait_their_turn_or_time_out(se
     async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                _, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _, body in each_request(reader):
             seen.append(body)
             if body == b"first":
                 first_seen.set()
