@@ -12,7 +12,7 @@ What it does:
 - phases (`--phases`), in `--rounds` rounds in rotating order: `quiet-grpc`, `churn-grpc`, `quiet-http`,
   `churn-http`, and `quiet-direct`, `churn-direct`, whose warm requests go to Triton 0 itself while the `grpc`
   gateway churns on it (Triton's own share of the tail; each churn cycle also sends one warm request through
-  the gateway, so it keeps seeing the warm model used). Each
+  the gateway after its load, so it keeps seeing the warm model used). Each
   sends `--requests` warm requests at `--rate` per second, open loop from a timer thread, latency from the
   *scheduled* send time (loadtests.overhead's client), every answer checked (200, from m001, right output);
   during a `churn-*` phase a thread sends, every `--churn-interval` seconds, a request to the next churn model
@@ -103,8 +103,9 @@ class Churn:
     url: str
     interval: float
     start_index: int = 0
-    # A warm request to this path before each cold one, so the gateway sees the warm model used (in `direct`
-    # phases its warm requests bypass the gateway, which would otherwise evict it as the least recently used).
+    # A warm request to this path after each cold one, so the gateway sees the warm model used later than the
+    # churn model just loaded (in `direct` phases the warm requests bypass the gateway, which would otherwise
+    # evict the warm model as the least recently used).
     touch: str | None = None
     cycles: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -125,10 +126,10 @@ class Churn:
         with httpx.Client(base_url=self.url, timeout=120) as client:
             while not self._stop.is_set():
                 began = time.monotonic()
-                if self.touch is not None:
-                    client.post(self.touch, content=body, headers={"content-type": "application/json"})
                 name = CHURN_MODELS[i % len(CHURN_MODELS)]
                 r = client.post(f"/v2/models/{name}/infer", content=body, headers={"content-type": "application/json"})
+                if self.touch is not None:  # after the load: by the next cycle this use has reached Redis
+                    client.post(self.touch, content=body, headers={"content-type": "application/json"})
                 self.cycles.append(
                     {
                         "model": name,
