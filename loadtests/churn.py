@@ -124,6 +124,9 @@ class Churn:
         body = request_body(1)[0]
         i = self.start_index
         with httpx.Client(base_url=self.url, timeout=120) as client:
+            if self.touch is not None:  # the warm model unseen for a phase would be evicted by the first load
+                client.post(self.touch, content=body, headers={"content-type": "application/json"})
+                self._stop.wait(1.0)  # two usage flushes (every 0.5 s)
             while not self._stop.is_set():
                 began = time.monotonic()
                 name = CHURN_MODELS[i % len(CHURN_MODELS)]
