@@ -73,7 +73,17 @@ MODELS = ("m000", "m001", *CHURN_MODELS)
 # reaches Redis in batches, every 0.5 s, so with one churn slot the one just loaded could look more recent).
 CAPACITY = 3
 # `direct`: the warm requests go to Triton 0 itself, the churn through the `grpc` gateway: Triton's own share.
-KINDS = ("quiet-grpc", "churn-grpc", "quiet-http", "churn-http", "quiet-direct", "churn-direct")
+# `base`: with --baseline, a gateway of another checkout in place of `http`, on Triton 1 with gRPC control.
+KINDS = (
+    "quiet-grpc",
+    "churn-grpc",
+    "quiet-http",
+    "churn-http",
+    "quiet-direct",
+    "churn-direct",
+    "quiet-base",
+    "churn-base",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -91,9 +101,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="run the gateways from this checkout (e.g. `git archive REV | tar -x -C DIR`), for before/after runs",
     )
-    p.add_argument("--phases", nargs="+", choices=KINDS, default=list(KINDS), help="measure only these phases")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="in place of the `http` gateway, one run from this checkout with gRPC control on Triton 1 (phases "
+        "quiet-base, churn-base): an A/B of two gateway versions in one run",
+    )
+    p.add_argument("--phases", nargs="+", choices=KINDS, default=None, help="measure only these phases")
     p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    absent = "-http" if args.baseline else "-base"  # Triton 1 serves one of the two
+    if args.phases is None:
+        args.phases = [k for k in KINDS if not k.endswith(absent)]
+    if any(k.endswith(absent) for k in args.phases):
+        p.error("the -base phases need --baseline, and the -http phases can't run with it")
+    return args
 
 
 @dataclass
@@ -103,10 +127,6 @@ class Churn:
     url: str
     interval: float
     start_index: int = 0
-    # A warm request to this path after each cold one, so the gateway sees the warm model used later than the
-    # churn model just loaded (in `direct` phases the warm requests bypass the gateway, which would otherwise
-    # evict the warm model as the least recently used).
-    touch: str | None = None
     cycles: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -124,15 +144,10 @@ class Churn:
         body = request_body(1)[0]
         i = self.start_index
         with httpx.Client(base_url=self.url, timeout=120) as client:
-            if self.touch is not None:  # the warm model unseen for a phase would be evicted by the first load
-                client.post(self.touch, content=body, headers={"content-type": "application/json"})
-                self._stop.wait(1.0)  # two usage flushes (every 0.5 s)
             while not self._stop.is_set():
                 began = time.monotonic()
                 name = CHURN_MODELS[i % len(CHURN_MODELS)]
                 r = client.post(f"/v2/models/{name}/infer", content=body, headers={"content-type": "application/json"})
-                if self.touch is not None:  # after the load: by the next cycle this use has reached Redis
-                    client.post(self.touch, content=body, headers={"content-type": "application/json"})
                 self.cycles.append(
                     {
                         "model": name,
@@ -153,7 +168,9 @@ def register(stack: LocalStack, gw: GatewayProcess, triton: int, grpc_control: b
     with stack.admin(gw) as admin:
         admin.put(f"/admin/backends/triton-{triton}", json=spec).raise_for_status()
         for name in MODELS:
-            admin.put(f"/admin/models/{name}", json={"runtime": "triton"}).raise_for_status()
+            # The warm model is pinned: never evicted, also in `direct` phases, where the gateway doesn't see its use.
+            spec = {"runtime": "triton", "pinned": True} if name == MODEL else {"runtime": "triton"}
+            admin.put(f"/admin/models/{name}", json=spec).raise_for_status()
 
 
 async def measure(
@@ -163,7 +180,7 @@ async def measure(
     cycles: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     failed: dict[str, list[str]] = {k: [] for k in KINDS}
     rounds: list[dict[str, Any]] = []
-    next_churn = {"grpc": 0, "http": 0}
+    next_churn = {"grpc": 0, "http": 0, "base": 0}
     for target in targets.values():
         await target.pool.top_up(4)
         raise_on_errors(check_phase(await run_phase(target, 100, args.rate), expected))
@@ -178,8 +195,7 @@ async def measure(
             await target.pool.top_up(4)
             churn = None
             if kind.startswith("churn"):
-                touch = f"/v2/models/{MODEL}/infer" if protocol == "direct" else None
-                churn = Churn(gateways[control].url, args.churn_interval, next_churn[control], touch)
+                churn = Churn(gateways[control].url, args.churn_interval, next_churn[control])
                 churn.start()
             try:
                 ph = await run_phase(target, args.requests, args.rate)
@@ -231,7 +247,7 @@ async def measure(
             }
     ratios = {
         p: round(results[f"churn-{p}"]["latency_ms"]["p99"] / results[f"quiet-{p}"]["latency_ms"]["p99"], 2)
-        for p in ("grpc", "http", "direct")
+        for p in ("grpc", "http", "direct", "base")
         if f"churn-{p}" in results and f"quiet-{p}" in results
     }
     return {"results": results, "p99_churn_over_quiet": ratios, "rounds": rounds}
@@ -246,9 +262,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with LocalStack(workdir, list(MODELS), tritons=2) as stack:
         # `python -m gateway.cli` imports from its working directory first: --gateway-code's code, when given.
         with contextlib.chdir(args.gateway_code or Path.cwd()):
-            gateways = {"grpc": stack.add_gateway(prefix="churngrpc"), "http": stack.add_gateway(prefix="churnhttp")}
+            gateways = {"grpc": stack.add_gateway(prefix="churngrpc")}
+            if args.baseline is None:
+                gateways["http"] = stack.add_gateway(prefix="churnhttp")
+        if args.baseline is not None:
+            with contextlib.chdir(args.baseline):
+                gateways["base"] = stack.add_gateway(prefix="churnbase")
         register(stack, gateways["grpc"], 0, grpc_control=True)
-        register(stack, gateways["http"], 1, grpc_control=False)
+        register(
+            stack, gateways["http" if args.baseline is None else "base"], 1, grpc_control=args.baseline is not None
+        )
         path = f"/v2/models/{MODEL}/infer"
         targets = {}
         for protocol, gw in gateways.items():
@@ -281,6 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "capacity_models": CAPACITY,
             "phases": args.phases,
             "gateway_code": str(args.gateway_code) if args.gateway_code else None,
+            "baseline": str(args.baseline) if args.baseline else None,
             "warm_model_loads": warm_loads,
         },
         **measured,
