@@ -25,7 +25,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,6 @@ class TritonAdapter:
         control_timeout: float = 30.0,
         client: httpx.AsyncClient | None = None,
         poll_interval: float = 0.02,
-        poll_max_interval: float = 0.2,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         sources: ModelSources | None = None,
         upload_max_bytes: int = 256 * 1024 * 1024,
         content_unload_grace: float = 1.5,
@@ -103,10 +101,7 @@ class TritonAdapter:
         """`sources` reads the files of models registered with a source; `upload_max_bytes` bounds what one load
         sends; `content_unload_grace` is how long after unloading a model loaded by content the slot is still
         taken (Triton shows no state for such a model; a Python-backend model's process exits ~1.1 s after).
-        `grpc_control` False keeps model control on HTTP even with a `grpc_url` (for comparisons).
-        While an unload finishes, the repository index is read after `poll_interval`, then at twice the interval
-        each time up to `poll_max_interval`: a Python-backend model takes about a second to go, and each read is
-        a call that Triton and the gateway serve next to the warm requests."""
+        `grpc_control` False keeps model control on HTTP even with a `grpc_url` (for comparisons)."""
         self.backend_id = backend_id
         self.sources = sources
         self.upload_max_bytes = upload_max_bytes
@@ -115,8 +110,6 @@ class TritonAdapter:
         self.load_timeout = load_timeout
         self.control_timeout = control_timeout
         self.poll_interval = poll_interval
-        self.poll_max_interval = max(poll_interval, poll_max_interval)
-        self._sleep = sleep  # the unload poll's waits (tests pass their own)
         self._paths: dict[tuple[str, str | None, str], str] = {}  # (model, version, op) -> quoted path
         self._client = client or make_client()
         # The data plane goes through the lean pool for plain-HTTP backends; https backends and an injected httpx
@@ -250,7 +243,6 @@ class TritonAdapter:
                 )
         # Triton may answer before the model's instances are gone; the slot is only free once they are.
         deadline = time.monotonic() + self.control_timeout
-        interval = self.poll_interval
         while True:
             entry = await self._index_entry(name)
             if entry is None:
@@ -264,8 +256,7 @@ class TritonAdapter:
                     f"backend {self.backend_id} still holds {name!r} {self.control_timeout:g} s after unload",
                     self.backend_id,
                 )
-            await self._sleep(interval)
-            interval = min(interval * 2, self.poll_max_interval)
+            await asyncio.sleep(self.poll_interval)
 
     async def _index(self) -> list[dict[str, Any]]:
         if self._ctl is not None:

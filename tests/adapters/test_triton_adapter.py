@@ -102,24 +102,6 @@ async def test_unload_returns_only_when_the_index_no_longer_holds_the_model() ->
     assert index_calls == 3
 
 
-async def test_the_unload_poll_backs_off_to_its_longest_interval() -> None:
-    states = iter(["UNLOADING"] * 6 + ["UNAVAILABLE"])
-    waits: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    def handle(r: httpx.Request) -> httpx.Response:
-        if r.url.path.endswith("/unload") or r.url.path.endswith("/ready"):
-            return httpx.Response(200)
-        return httpx.Response(200, content=json.dumps([{"name": "m", "version": "1", "state": next(states)}]))
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    t = TritonAdapter("t0", "http://triton:8000", client=client, poll_interval=0.02, poll_max_interval=0.1, sleep=sleep)
-    await t.unload("m")
-    assert waits == pytest.approx([0.02, 0.04, 0.08, 0.1, 0.1, 0.1])
-
-
 async def test_no_accept_encoding_is_added_that_the_client_did_not_send() -> None:
     seen: list[httpx.Request] = []
 
