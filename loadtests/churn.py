@@ -7,20 +7,21 @@ What it does:
 - starts a LocalStack: a real redis-server, two Triton servers from the nvidia-pytriton wheel, and two
   `modelyard serve` processes with registries of their own (Redis key prefixes): `grpc` has Triton 0 registered
   with its `grpc_url` (model control over gRPC, the default whenever a backend has one), `http` has Triton 1
-  registered without one (model control over Triton's HTTP repository API, as before issue 12);
-- each backend holds 3 models (`capacity.models: 3`): the warm model `m001`, and two of the churn models;
+  registered without one (model control over Triton's HTTP repository API, as before issue 12). With
+  `--baseline DIR`, a gateway run from that checkout takes `http`'s place as `base`, with gRPC control on
+  Triton 1: an A/B of two gateway versions in one run (`--gateway-code DIR` runs both from DIR instead);
+- each backend holds 3 models (`capacity.models: 3`): the warm model `m001` (pinned, so never evicted), and two
+  of the churn models;
 - phases (`--phases`), in `--rounds` rounds in rotating order: `quiet-grpc`, `churn-grpc`, `quiet-http`,
-  `churn-http`, and `quiet-direct`, `churn-direct`, whose warm requests go to Triton 0 itself while the `grpc`
-  gateway churns on it (Triton's own share of the tail; each churn cycle also sends one warm request through
-  the gateway after its load, so it keeps seeing the warm model used). Each
+  `churn-http` (or `quiet-base`, `churn-base`), and `quiet-direct`, `churn-direct`, whose warm requests go to
+  Triton 0 itself while the `grpc` gateway churns on it (Triton's own share of the tail). Each
   sends `--requests` warm requests at `--rate` per second, open loop from a timer thread, latency from the
   *scheduled* send time (loadtests.overhead's client), every answer checked (200, from m001, right output);
   during a `churn-*` phase a thread sends, every `--churn-interval` seconds, a request to the next churn model
   (m002, m003, m004, m005, m002, ...) on the same gateway: it is cold, so the gateway evicts the least recently
-  used churn model (m001 is in constant use) and loads it on the same Triton, a load and an eviction per cycle;
-- a warm request that fails is counted, not fatal, in `churn-http` phases: with control over HTTP the warm model
-  can look idle while its requests wait behind a load, and get evicted; in other phases any wrong answer stops
-  the run;
+  used churn model and loads it on the same Triton, a load and an eviction per cycle;
+- a warm request that fails is counted, not fatal, in `churn-http` phases (with control over HTTP, warm requests
+  wait behind loads); in other phases any wrong answer stops the run;
 - reports warm p50/p99 per phase kind, the churn cycles done (each must have been cold) and the ratio
   churn p99 / quiet p99 per control protocol (the issue's target: within 2x over gRPC).
 
