@@ -9,11 +9,12 @@ with the same scope, so every behaviour is the app's as before; only uvicorn's p
 out (it rewrites the scope's client and scheme, which the data plane does not read).
 
 Only a request that can be served whole from one buffered body takes this path: GET or POST to a data-plane path
-other than `generate_stream` (answers streamed as they come), with a Content-Length within `max_body` (so the
-buffer is bounded; anything else gets the app's own answer through uvicorn's path), no `Expect: 100-continue`, no
-upgrade, no concurrency limit, and no earlier request still being answered on the connection (pipelined
-requests queue behind it through uvicorn's own pipeline). Keep-alive, its timeout, pipelining, graceful shutdown
-(the task is in the server's set) and the default headers (`date`, `server`) stay uvicorn's.
+other than `generate_stream` (answers streamed as they come), with a Content-Length within `max_body` (required
+for POST) and never chunked, so the buffer is bounded (anything else gets the app's own answer through uvicorn's
+path), no `Expect: 100-continue`, no upgrade, no concurrency limit, and no earlier request still being answered
+on the connection (pipelined requests queue behind it through uvicorn's own pipeline). Keep-alive, its timeout,
+pipelining, graceful shutdown (the task is in the server's set) and the default headers (`date`, `server`) stay
+uvicorn's.
 """
 
 from __future__ import annotations
@@ -183,10 +184,16 @@ class DataPlaneProtocol(HttpToolsProtocol):
             path = urllib.parse.unquote(path)
         if self.root_path or not self.handles(path) or path.endswith("/generate_stream"):
             return None
-        if method == b"POST":
-            length = next((v for k, v in self.headers if k == _CONTENT_LENGTH), None)
-            if length is None or not length.isdigit() or int(length) > self.max_body:
-                return None  # chunked, malformed or too large: the app answers it through uvicorn's path
+        length = None
+        for k, v in self.headers:
+            if k == _CONTENT_LENGTH:
+                length = v
+            elif k == b"transfer-encoding":
+                return None  # a body of unknown size (chunked): buffered here it would have no bound
+        if (length is None and method == b"POST") or (
+            length is not None and (not length.isdigit() or int(length) > self.max_body)
+        ):
+            return None  # malformed or too large: the app answers it through uvicorn's path
         scope = self.scope
         scope["method"] = method.decode("ascii")
         http_version = self.parser.get_http_version()

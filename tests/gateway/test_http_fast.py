@@ -116,6 +116,8 @@ async def test_a_missing_content_length_is_added_and_get_and_tf_serving_paths_ar
         post(b"/v2/models/m/generate_stream", b"abc"),  # streamed answers
         b"POST /v2/models/m/infer HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         post(b"/v2/models/m/infer", b"abc", b"expect: 100-continue\r\n"),
+        b"GET /v2/models/m HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"GET /v2/models/m HTTP/1.1\r\nhost: gw\r\ncontent-length: 1001\r\n\r\n" + b"x" * 1001,
     ],
 )
 async def test_other_requests_take_uvicorns_path(request_bytes: bytes) -> None:
