@@ -73,6 +73,8 @@ _HOLDING_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 # Bytes of a file read per step while streaming a load by content: a multiple of 3, so that the base64 of the
 # chunks, concatenated, is the base64 of the file.
 _UPLOAD_CHUNK = 3 * 256 * 1024
+# Quoted data-plane paths kept per adapter (cleared when full: a bound, not an LRU).
+_PATH_CACHE = 4096
 # A load by content over gRPC is one message held in memory: above this many bytes of files it goes over HTTP,
 # streamed, instead.
 _GRPC_UPLOAD_MAX = 64 * 1024 * 1024
@@ -109,6 +111,7 @@ class TritonAdapter:
         self.load_timeout = load_timeout
         self.control_timeout = control_timeout
         self.poll_interval = poll_interval
+        self._paths: dict[tuple[str, str | None, str], str] = {}  # (model, version, op) -> quoted path
         self._client = client or make_client()
         # The data plane goes through the lean pool for plain-HTTP backends; https backends and an injected httpx
         # client (tests' MockTransport) keep httpx.
@@ -320,7 +323,13 @@ class TritonAdapter:
                 f"backend {self.backend_id} is a Triton server and speaks KServe v2, not {request.protocol}",
                 self.backend_id,
             )
-        path = _model_path(request)
+        key = (request.model, request.version, request.op)
+        path = self._paths.get(key)
+        if path is None:  # quoting costs microseconds per request; a few paths serve nearly all of them
+            path = _model_path(request)
+            if len(self._paths) >= _PATH_CACHE:
+                self._paths.clear()
+            self._paths[key] = path
         resp = await forward_http(self._pool, self._client, self.backend_id, self.url, path, request)
         if resp.status in (400, 404, 503) and _means_not_loaded(error_text(resp.body)):
             raise ModelNotLoaded(

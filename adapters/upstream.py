@@ -12,6 +12,7 @@ every request. Only the headers the caller passes go out: no default Accept-Enco
 from __future__ import annotations
 
 import asyncio
+import collections
 from urllib.parse import urlsplit
 
 import httptools
@@ -72,10 +73,15 @@ class _Conn(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
-    def send(self, data: bytes) -> asyncio.Future[ForwardResponse]:
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[ForwardResponse]:
+        """Write a request; the future has its answer, or raises `_Closed`, or `TimeoutError` at `deadline`
+        (on the loop's clock). A timer on the future is cheaper than `asyncio.timeout` per request."""
         assert self.transport is not None
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiter = waiter
+        timer = loop.call_at(deadline, _expire, waiter)
+        waiter.add_done_callback(lambda _: timer.cancel())
         self.transport.write(data)
         return waiter
 
@@ -91,6 +97,11 @@ class _Conn(asyncio.Protocol):
         self.close()
 
 
+def _expire(waiter: asyncio.Future[ForwardResponse]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class UpstreamPool:
     """Keep-alive connections to one backend (`http://host:port`)."""
 
@@ -101,7 +112,11 @@ class UpstreamPool:
         self.port = parts.port or 80
         self.hostport = f"{self.host}:{self.port}".encode("latin-1")
         self._idle: list[_Conn] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        # Requests in flight, at most `max_connections`; the rest wait in order (a semaphore, without its
+        # per-request coroutine and scan when a slot is free, which is nearly always).
+        self._max = max_connections
+        self._busy = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
@@ -113,14 +128,18 @@ class UpstreamPool:
             head += (b"\r\ncontent-length: ", str(len(body)).encode())
         head.append(b"\r\n\r\n")
         data = b"".join(head) + body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout), self._slots:
+            await self._acquire(deadline)
+            try:
                 while True:
                     conn, reused = self._take(), True
                     if conn is None:
-                        conn, reused = await self._open(), False
+                        async with asyncio.timeout_at(deadline):
+                            conn, reused = await self._open(), False
                     try:
-                        response = await conn.send(data)
+                        response = await conn.send(data, deadline)
                     except _Closed as exc:
                         # A kept-alive connection the backend closed just as we wrote: nothing was answered, so
                         # sending again on a new connection is safe. Any other close is the backend's failure.
@@ -135,10 +154,36 @@ class UpstreamPool:
                     if not conn.closed:
                         self._idle.append(conn)
                     return response
+            finally:
+                self._release()
         except TimeoutError:
             raise BackendTimeout(
                 f"backend {self.backend_id} did not answer within {timeout:g} s", self.backend_id
             ) from None
+
+    async def _acquire(self, deadline: float) -> None:
+        if self._busy < self._max and not self._waiting:
+            self._busy += 1
+            return
+        slot = asyncio.get_running_loop().create_future()
+        self._waiting.append(slot)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await slot  # `_release` hands its slot over: `_busy` stays counted
+        except BaseException:
+            if slot.done() and not slot.cancelled():
+                self._release()  # handed over just as the wait ended: pass it on
+            elif slot in self._waiting:  # `_release` may have dropped it already, as cancelled
+                self._waiting.remove(slot)
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            slot = self._waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self._busy -= 1
 
     def _take(self) -> _Conn | None:
         while self._idle:

@@ -42,6 +42,7 @@ FORWARD_HEADERS = frozenset(
         "triton-grpc-protocol-infer-header",
     }
 )
+_FORWARD_RAW = frozenset(h.encode("latin-1") for h in FORWARD_HEADERS)
 KSERVE_OPS = {
     "infer": "POST",
     "ready": "GET",
@@ -300,8 +301,9 @@ def header_lookup(scope: Scope) -> HeaderLookup:
 def forward_headers(scope: Scope, extra: HeaderForwarding | None = None) -> list[tuple[str, str]]:
     out = []
     for k, v in scope["headers"]:
-        key = k.decode("latin-1")
-        if key in FORWARD_HEADERS or (extra is not None and extra.passes(key)):
+        if k in _FORWARD_RAW:  # compared as bytes: most headers are decoded only when they pass
+            out.append((k.decode("latin-1"), v.decode("latin-1")))
+        elif extra is not None and extra.passes(key := k.decode("latin-1")):
             out.append((key, v.decode("latin-1")))
     return out
 

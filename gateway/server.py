@@ -29,6 +29,8 @@ from gateway.ctl.serve_config import apply_config_when_ready
 from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer, start_persistent
 from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.grpc_threads import ThreadedGrpcServer
+from gateway.http_dataplane import HttpDataPlane
+from gateway.http_fast import data_plane_protocol
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
@@ -132,7 +134,7 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         host=settings.host,
         port=settings.http_port,
         lifespan="off",
-        http="httptools",
+        http=data_plane_protocol(HttpDataPlane.handles, settings.max_body_bytes),  # one write per answer
         loop="none",
         access_log=False,
         log_config=None,  # uvicorn's lines go through modelyard's handler (JSON or text, --log-format)

@@ -7,17 +7,21 @@ What it does:
 - starts a LocalStack: a real redis-server, two Triton servers from the nvidia-pytriton wheel, and two
   `modelyard serve` processes with registries of their own (Redis key prefixes): `grpc` has Triton 0 registered
   with its `grpc_url` (model control over gRPC, the default whenever a backend has one), `http` has Triton 1
-  registered without one (model control over Triton's HTTP repository API, as before issue 12);
-- each backend holds 3 models (`capacity.models: 3`): the warm model `m001`, and two of the churn models;
-- phases, in `--rounds` rounds in rotating order: `quiet-grpc`, `churn-grpc`, `quiet-http`, `churn-http`. Each
+  registered without one (model control over Triton's HTTP repository API, as before issue 12). With
+  `--baseline DIR`, a gateway run from that checkout takes `http`'s place as `base`, with gRPC control on
+  Triton 1: an A/B of two gateway versions in one run (`--gateway-code DIR` runs both from DIR instead);
+- each backend holds 3 models (`capacity.models: 3`): the warm model `m001` (pinned, so never evicted), and two
+  of the churn models;
+- phases (`--phases`), in `--rounds` rounds in rotating order: `quiet-grpc`, `churn-grpc`, `quiet-http`,
+  `churn-http` (or `quiet-base`, `churn-base`), and `quiet-direct`, `churn-direct`, whose warm requests go to
+  Triton 0 itself while the `grpc` gateway churns on it (Triton's own share of the tail). Each
   sends `--requests` warm requests at `--rate` per second, open loop from a timer thread, latency from the
   *scheduled* send time (loadtests.overhead's client), every answer checked (200, from m001, right output);
   during a `churn-*` phase a thread sends, every `--churn-interval` seconds, a request to the next churn model
   (m002, m003, m004, m005, m002, ...) on the same gateway: it is cold, so the gateway evicts the least recently
-  used churn model (m001 is in constant use) and loads it on the same Triton, a load and an eviction per cycle;
-- a warm request that fails is counted, not fatal, in `churn-http` phases: with control over HTTP the warm model
-  can look idle while its requests wait behind a load, and get evicted; in other phases any wrong answer stops
-  the run;
+  used churn model and loads it on the same Triton, a load and an eviction per cycle;
+- a warm request that fails is counted, not fatal, in `churn-http` phases (with control over HTTP, warm requests
+  wait behind loads); in other phases any wrong answer stops the run;
 - reports warm p50/p99 per phase kind, the churn cycles done (each must have been cold) and the ratio
   churn p99 / quiet p99 per control protocol (the issue's target: within 2x over gRPC).
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -68,7 +73,18 @@ MODELS = ("m000", "m001", *CHURN_MODELS)
 # The warm model and two churn models: a load evicts the churn model used longest ago, never the warm one (its use
 # reaches Redis in batches, every 0.5 s, so with one churn slot the one just loaded could look more recent).
 CAPACITY = 3
-KINDS = ("quiet-grpc", "churn-grpc", "quiet-http", "churn-http")
+# `direct`: the warm requests go to Triton 0 itself, the churn through the `grpc` gateway: Triton's own share.
+# `base`: with --baseline, a gateway of another checkout in place of `http`, on Triton 1 with gRPC control.
+KINDS = (
+    "quiet-grpc",
+    "churn-grpc",
+    "quiet-http",
+    "churn-http",
+    "quiet-direct",
+    "churn-direct",
+    "quiet-base",
+    "churn-base",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,8 +95,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--churn-interval", type=float, default=1.5, help="seconds between churn cycles")
     p.add_argument("--values", type=int, default=16, help="FP32 values per warm request")
     p.add_argument("--json", type=Path, help="write the whole result here")
+    p.add_argument(
+        "--gateway-code",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the gateways from this checkout (e.g. `git archive REV | tar -x -C DIR`), for before/after runs",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="in place of the `http` gateway, one run from this checkout with gRPC control on Triton 1 (phases "
+        "quiet-base, churn-base): an A/B of two gateway versions in one run",
+    )
+    p.add_argument("--phases", nargs="+", choices=KINDS, default=None, help="measure only these phases")
     p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    absent = "-http" if args.baseline else "-base"  # Triton 1 serves one of the two
+    if args.phases is None:
+        args.phases = [k for k in KINDS if not k.endswith(absent)]
+    if any(k.endswith(absent) for k in args.phases):
+        p.error("the -base phases need --baseline, and the -http phases can't run with it")
+    return args
 
 
 @dataclass
@@ -131,7 +169,9 @@ def register(stack: LocalStack, gw: GatewayProcess, triton: int, grpc_control: b
     with stack.admin(gw) as admin:
         admin.put(f"/admin/backends/triton-{triton}", json=spec).raise_for_status()
         for name in MODELS:
-            admin.put(f"/admin/models/{name}", json={"runtime": "triton"}).raise_for_status()
+            # The warm model is pinned: never evicted, also in `direct` phases, where the gateway doesn't see its use.
+            spec = {"runtime": "triton", "pinned": True} if name == MODEL else {"runtime": "triton"}
+            admin.put(f"/admin/models/{name}", json=spec).raise_for_status()
 
 
 async def measure(
@@ -141,20 +181,22 @@ async def measure(
     cycles: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     failed: dict[str, list[str]] = {k: [] for k in KINDS}
     rounds: list[dict[str, Any]] = []
-    next_churn = {"grpc": 0, "http": 0}
+    next_churn = {"grpc": 0, "http": 0, "base": 0}
     for target in targets.values():
         await target.pool.top_up(4)
         raise_on_errors(check_phase(await run_phase(target, 100, args.rate), expected))
+    kinds = [k for k in KINDS if k in args.phases]
     for r in range(args.rounds):
-        order = list(KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)])
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
         summary: dict[str, Any] = {"round": r + 1, "order": order, "phases": {}}
         for kind in order:
             protocol = kind.split("-")[1]
             target = targets[protocol]
+            control = "grpc" if protocol == "direct" else protocol  # the gateway that loads and evicts
             await target.pool.top_up(4)
             churn = None
             if kind.startswith("churn"):
-                churn = Churn(gateways[protocol].url, args.churn_interval, next_churn[protocol])
+                churn = Churn(gateways[control].url, args.churn_interval, next_churn[control])
                 churn.start()
             try:
                 ph = await run_phase(target, args.requests, args.rate)
@@ -166,7 +208,7 @@ async def measure(
                 raise_on_errors(errors)
             failed[kind] += errors
             if churn is not None:
-                next_churn[protocol] += len(churn.cycles)
+                next_churn[control] += len(churn.cycles)
                 cycles[kind] += churn.cycles
                 bad = [c for c in churn.cycles if c["status"] != 200]
                 if bad and kind != "churn-http":
@@ -189,7 +231,7 @@ async def measure(
         target.pool.close()
     await asyncio.sleep(0.05)
     results: dict[str, Any] = {}
-    for kind in KINDS:
+    for kind in kinds:
         lat = [x for ph in phases[kind] for x in ph.latency_ms]
         results[kind] = {
             "requests": len(lat),
@@ -206,7 +248,8 @@ async def measure(
             }
     ratios = {
         p: round(results[f"churn-{p}"]["latency_ms"]["p99"] / results[f"quiet-{p}"]["latency_ms"]["p99"], 2)
-        for p in ("grpc", "http")
+        for p in ("grpc", "http", "direct", "base")
+        if f"churn-{p}" in results and f"quiet-{p}" in results
     }
     return {"results": results, "p99_churn_over_quiet": ratios, "rounds": rounds}
 
@@ -218,9 +261,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = loadavg()
     code = code_version()  # now: the gateway processes load this code as they start
     with LocalStack(workdir, list(MODELS), tritons=2) as stack:
-        gateways = {"grpc": stack.add_gateway(prefix="churngrpc"), "http": stack.add_gateway(prefix="churnhttp")}
+        # `python -m gateway.cli` imports from its working directory first: --gateway-code's code, when given.
+        with contextlib.chdir(args.gateway_code or Path.cwd()):
+            gateways = {"grpc": stack.add_gateway(prefix="churngrpc")}
+            if args.baseline is None:
+                gateways["http"] = stack.add_gateway(prefix="churnhttp")
+        if args.baseline is not None:
+            with contextlib.chdir(args.baseline):
+                gateways["base"] = stack.add_gateway(prefix="churnbase")
         register(stack, gateways["grpc"], 0, grpc_control=True)
-        register(stack, gateways["http"], 1, grpc_control=False)
+        register(
+            stack, gateways["http" if args.baseline is None else "base"], 1, grpc_control=args.baseline is not None
+        )
         path = f"/v2/models/{MODEL}/infer"
         targets = {}
         for protocol, gw in gateways.items():
@@ -228,6 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets[protocol] = Target(
                 protocol, gw.url, pool_for(gw.url), http_request(gw.url, path, body), [gw.proc.pid] if gw.proc else []
             )
+        t0 = stack.tritons[0]  # the `grpc` gateway's backend
+        targets["direct"] = Target("direct", t0.url, pool_for(t0.url), http_request(t0.url, path, body), [t0.pid])
         measured = run_loop(measure(targets, gateways, args, expected))
         warm_loads = {}
         for protocol, gw in gateways.items():
@@ -249,6 +303,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "churn_interval_s": args.churn_interval,
             "values": args.values,
             "capacity_models": CAPACITY,
+            "phases": args.phases,
+            "gateway_code": str(args.gateway_code) if args.gateway_code else None,
+            "baseline": str(args.baseline) if args.baseline else None,
             "warm_model_loads": warm_loads,
         },
         **measured,
@@ -271,10 +328,8 @@ def report(result: dict[str, Any]) -> str:
             f"{lat['max']:>10.1f}{extra}"
         )
     lines.append(f"  loads of the warm model per gateway: {result['setup']['warm_model_loads']}")
-    ratios = result["p99_churn_over_quiet"]
-    lines.append(
-        f"  warm p99 churn / quiet: grpc control {ratios['grpc']}x, http control {ratios['http']}x (target <= 2x)"
-    )
+    ratios = ", ".join(f"{p} {x}x" for p, x in result["p99_churn_over_quiet"].items())
+    lines.append(f"  warm p99 churn / quiet: {ratios} (target <= 2x for grpc; direct: Triton alone)")
     return "\n".join(lines)
 
 

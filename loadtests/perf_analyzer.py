@@ -19,6 +19,7 @@ within one run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -36,12 +37,12 @@ import httpx
 
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
-from loadtests.harness import code_version, loadavg, machine_info
+from loadtests.harness import code_version, descendants, loadavg, machine_info, processes_user_sys_s
 from loadtests.scale import emit
 
 PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
 MODEL = "m001"
-TARGETS = ("direct", "nginx", "gateway", "gateway-threads", "proto-sync")
+TARGETS = ("direct", "nginx", "gateway", "gateway-threads", "proto-sync", "baseline")
 PROTOCOLS = ("http", "grpc")
 
 NGINX_CONF = """\
@@ -83,7 +84,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--values", type=int, default=16, help="FP32 values in INPUT0")
     p.add_argument("--perf-analyzer", type=Path, default=PERF_VENV / "bin" / "perf_analyzer")
     p.add_argument("--nginx", type=Path, default=Path("/usr/sbin/nginx"), help="nginx binary ('' to skip nginx)")
-    p.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=list(PROTOCOLS), help="protocols to measure")
     p.add_argument(
         "--grpc-server",
         choices=("aio", "threads"),
@@ -98,6 +98,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here as JSON")
     p.add_argument("--workdir", type=Path, default=None, help="keep the stack's files and logs here")
+    p.add_argument(
+        "--protocols", "--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS), help="measure only these"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also measure a second gateway run from this checkout (e.g. `git archive REV | tar -x -C DIR`), "
+        "beside the first on the same Redis and Triton: an A/B in one run",
+    )
     args = p.parse_args(argv)
     if args.rounds < 1 or any(c < 1 for c in args.concurrency) or args.interval_ms < 100:
         p.error("--rounds, --concurrency must be positive, --interval-ms at least 100")
@@ -137,9 +148,25 @@ def start_nginx(
     return proc, {p: f"127.0.0.1:{port}" for p, port in ports.items()}
 
 
+def served(triton_url: str) -> int:
+    """Inferences Triton has answered for the model so far (all targets' requests reach the one Triton)."""
+    stats = httpx.get(f"{triton_url}/v2/models/{MODEL}/stats", timeout=10).json()
+    return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
+
+
 def run_perf(
-    args: argparse.Namespace, url: str, protocol: str, concurrency: int, env: dict[str, str]
+    args: argparse.Namespace,
+    url: str,
+    protocol: str,
+    concurrency: int,
+    env: dict[str, str],
+    cpu: tuple[str, list[int]] | None = None,
 ) -> dict[str, Any]:
+    """One perf_analyzer run. `cpu`: (Triton's URL, pids of the target's processes), to report their CPU per
+    inference over the whole run, the figure that holds best on a busy machine (throughput depends on what else
+    gets the cores)."""
+    if cpu is not None:
+        before = (processes_user_sys_s(cpu[1]), served(cpu[0]))
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as f:
         csv_path = Path(f.name)
     cmd = [
@@ -173,11 +200,17 @@ def run_perf(
     if proc.returncode != 0 or not rows:
         return {"error": (proc.stdout + proc.stderr)[-1500:]}
     row = rows[0]
-    return {
+    result = {
         "throughput": round(float(row["Inferences/Second"]), 1),
         "p50_ms": round(float(row["p50 latency"]) / 1000, 3),
         "p99_ms": round(float(row["p99 latency"]) / 1000, 3),
     }
+    if cpu is not None:
+        n = max(1, served(cpu[0]) - before[1])
+        user, system = processes_user_sys_s(cpu[1])
+        result["cpu_us"] = round(1e6 * (user + system - sum(before[0])) / n, 1)
+        result["sys_us"] = round(1e6 * (system - before[0][1]) / n, 1)  # of which in the kernel
+    return result
 
 
 def median(xs: list[float]) -> float:
@@ -203,11 +236,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         and (t != "gateway" or servers != ["threads"])
         and (t != "gateway-threads" or "threads" in servers)
         and (t != "proto-sync" or args.prototype_sync)
+        and (t != "baseline" or args.baseline)
     ]
     runs: list[dict[str, Any]] = []
     nginx = None
     with LocalStack(workdir, ["m000", MODEL], tritons=1) as stack:
         gw = stack.add_gateway(extra=["--grpc-server", servers[0]])
+        base = None
+        if args.baseline is not None:
+            # `python -m gateway.cli` imports from its working directory first: the other checkout's code.
+            with contextlib.chdir(args.baseline):
+                base = stack.add_gateway()
         stack.register(capacity=2)
         with stack.admin(gw) as admin:
             admin.post(f"/admin/models/{MODEL}/load").raise_for_status()
@@ -216,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "direct": {"http": t.url.split("://", 1)[1], "grpc": t.grpc_url},
             "gateway": {"http": gw.url.split("://", 1)[1], "grpc": gw.grpc_url},
         }
+        gwt = None
         if len(servers) > 1:  # a second gateway on the same Redis state, with --grpc-server threads
             gwt = stack.add_gateway(extra=["--grpc-server", "threads"])
             urls["gateway-threads"] = {"http": gwt.url.split("://", 1)[1], "grpc": gwt.grpc_url}
@@ -227,17 +267,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             proto, address = start_prototype("sync", t.grpc_url, workdir)
             urls["proto-sync"] = {"grpc": address}
+        if base is not None:
+            urls["baseline"] = {"http": base.url.split("://", 1)[1], "grpc": base.grpc_url}
         try:
             if use_nginx:
                 nginx, urls["nginx"] = start_nginx(args.nginx, workdir, urls["direct"]["http"], urls["direct"]["grpc"])
+            # Whose CPU each target costs: the proxy's process(es); for direct, Triton's (its stubs included).
+            pids = {"direct": descendants(t.pid), "nginx": descendants(nginx.pid) if nginx is not None else []}
+            gateways = (("gateway", gw), ("gateway-threads", gwt or gw), ("baseline", base))
+            pids |= {name: [g.proc.pid] for name, g in gateways if g and g.proc}
+            if proto is not None:
+                pids["proto-sync"] = [proto.pid]
             for r in range(args.rounds):
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]
                 for target in order:
-                    for protocol in args.protocol:
+                    for protocol in args.protocols:
                         if protocol not in urls[target]:
                             continue
                         for c in args.concurrency:
-                            res = run_perf(args, urls[target][protocol], protocol, c, env)
+                            res = run_perf(args, urls[target][protocol], protocol, c, env, (t.url, pids[target]))
                             runs.append(
                                 {"round": r + 1, "target": target, "protocol": protocol, "concurrency": c, **res}
                             )
@@ -248,21 +296,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     proc.terminate()
                     proc.wait(10)
     table: dict[str, Any] = {}
-    for protocol in args.protocol:
+    for protocol in args.protocols:
         for c in args.concurrency:
             row: dict[str, Any] = {}
             for target in targets:
                 ok = [x for x in runs if (x["target"], x["protocol"], x["concurrency"]) == (target, protocol, c)]
                 ok = [x for x in ok if "error" not in x]
                 if ok:
-                    row[target] = {
-                        k: round(median([x[k] for x in ok]), 3) for k in ("throughput", "p50_ms", "p99_ms")
-                    } | {"runs": len(ok)}
-            for gw_name in ("gateway", "gateway-threads"):
+                    keys = ("throughput", "p50_ms", "p99_ms", "cpu_us", "sys_us")
+                    row[target] = {k: round(median([x[k] for x in ok if k in x]), 3) for k in keys if k in ok[0]}
+                    row[target]["runs"] = len(ok)
+            for gw_name in ("gateway", "gateway-threads", "baseline"):
                 if gw_name in row and "nginx" in row:
                     row[f"{gw_name}_over_nginx"] = round(row[gw_name]["throughput"] / row["nginx"]["throughput"], 2)
                 if gw_name in row and "direct" in row:
                     row[f"{gw_name}_added_p50_ms"] = round(row[gw_name]["p50_ms"] - row["direct"]["p50_ms"], 3)
+            if "baseline" in row and "gateway" in row:
+                row["gateway_over_baseline"] = round(row["gateway"]["throughput"] / row["baseline"]["throughput"], 2)
             table[f"{protocol} c={c}"] = row
     return {
         "benchmark": "perf_analyzer",
@@ -278,8 +328,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "values": args.values,
             "perf_analyzer": "tritonclient==2.34.0 wheel",
             "nginx": "Debian nginx, worker_processes 1" if use_nginx else None,
-            "protocols": args.protocol,
+            "protocols": args.protocols,
             "grpc_servers": servers,
+            "baseline": str(args.baseline) if args.baseline else None,
         },
         "table": table,
         "runs": runs,
@@ -287,16 +338,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = ["perf_analyzer medians (inferences/s, p50 ms, p99 ms):"]
+    lines = ["perf_analyzer medians (inferences/s, p50 ms/p99 ms, CPU us of the target's processes per inference):"]
     for key, row in result["table"].items():
         cells = "  ".join(
             f"{t} {row[t]['throughput']:.0f}/s {row[t]['p50_ms']:.2f}/{row[t]['p99_ms']:.2f}"
+            f" {row[t].get('cpu_us', 0):.0f}us"
             for t in TARGETS
             if t in row
         )
         extra = "".join(
-            f"  {g}/nginx {row[f'{g}_over_nginx']}" for g in ("gateway", "gateway-threads") if f"{g}_over_nginx" in row
+            f"  {g}/nginx {row[f'{g}_over_nginx']}"
+            for g in ("gateway", "gateway-threads", "baseline")
+            if f"{g}_over_nginx" in row
         )
+        if "gateway_over_baseline" in row:
+            extra += f"  gateway/baseline {row['gateway_over_baseline']}"
         lines.append(f"  {key:<10} {cells}{extra}")
     return "\n".join(lines)
 

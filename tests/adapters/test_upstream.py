@@ -23,6 +23,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def each_request(reader: asyncio.StreamReader) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(head, body) of each request on a connection, until the client closes it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except asyncio.IncompleteReadError:
+            return
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     servers: list[asyncio.Server] = []
@@ -160,3 +169,36 @@ async def test_error_statuses_come_back_as_answers(server) -> None:  # type: ign
 
     resp = await UpstreamPool("b", await server(not_found)).request("POST", "/", [], b"{}", 2)
     assert resp.status == 404 and b"is not found" in resp.body
+
+
+async def test_requests_over_the_connection_limit_wait_their_turn_or_time_out(server) -> None:  # type: ignore[no-untyped-def]
+    """With one slot, requests queue in order; one whose deadline passes while it waits is a timeout and gives
+    back nothing it did not take, so the slot is still there for the next."""
+    release, first_seen = asyncio.Event(), asyncio.Event()
+    seen: list[bytes] = []
+    connections = 0
+
+    async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        async for _, body in each_request(reader):
+            seen.append(body)
+            if body == b"first":
+                first_seen.set()
+                await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    pool = UpstreamPool("b", await server(gated), max_connections=1)
+    first = asyncio.create_task(pool.request("POST", "/", [], b"first", 5))
+    await first_seen.wait()
+    second = asyncio.create_task(pool.request("POST", "/", [], b"second", 5))
+    await asyncio.sleep(0)  # a yield, not a wait: `second` runs up to its wait for the slot
+    with pytest.raises(BackendTimeout):
+        await pool.request("POST", "/", [], b"late", 0.05)  # waits behind both, and gives up
+    assert seen == [b"first"]  # the others wait for the slot, not on a second connection
+    release.set()
+    assert [(await t).body for t in (first, second)] == [b"first", b"second"]
+    assert (await pool.request("POST", "/", [], b"third", 5)).body == b"third"
+    assert seen == [b"first", b"second", b"third"] and connections == 1
+    pool.close()
