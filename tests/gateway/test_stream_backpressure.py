@@ -101,6 +101,7 @@ def test_a_client_that_stops_reading_does_not_grow_the_gateway(
     # A first, small stream loads the model and warms the gateway's code paths.
     warm = httpx.post(f"{gw.url}/v2/models/{MODEL}/generate_stream", json={"INPUT0": [2]}, timeout=120)
     assert warm.status_code == 200 and warm.text.count("data:") == 2, warm.text[:200]
+    eventually(done.exists, "the warm-up stream's model run to end")  # written after its last response, not before
     done.unlink()
     assert gw.proc is not None
     before = _rss_mib(gw.proc.pid)
@@ -147,6 +148,7 @@ def test_a_stream_infer_client_that_stops_reading_does_not_grow_the_gateway(
         answers = [service_pb2.ModelStreamInferResponse.FromString(m) for m in warm]
         assert [a.error_message for a in answers if a.error_message] == []
         assert sum(1 for a in answers if a.infer_response.raw_output_contents) == 2
+        eventually(done.exists, "the warm-up stream's model run to end")
         done.unlink()
         assert gw.proc is not None
         before = _rss_mib(gw.proc.pid)
