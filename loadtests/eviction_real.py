@@ -29,25 +29,23 @@ The machine is shared and busy: loads and misses are the robust figures; seconds
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deploy.localstack.stack import LocalStack
-from loadtests.harness import code_version, loadavg, machine_info
 from loadtests.overhead import request_body
-from loadtests.sim.engine import Result, Simulation
+from loadtests.realstack import add_stack_args, equal_trace, fresh_gateway, result_of, run_header, save, sim_summary
+from loadtests.sim.engine import Simulation
 from loadtests.sim.run import POLICIES, simulate, split
-from loadtests.sim.trace import GB, Trace, zipf_trace
+from loadtests.sim.trace import Trace, zipf_trace
 from placement.arrivals import update_gap
 from placement.clock import FakeClock
 from placement.eviction import EVICTIONS
@@ -62,12 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=150, help="requests in the sequence")
     p.add_argument("--alpha", type=float, default=1.0, help="Zipf exponent")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--tritons", type=int, default=2, help="Triton servers")
-    p.add_argument("--slots", type=int, default=2, help="models each Triton may hold (capacity.models)")
     p.add_argument("--policies", default="lru,nextuse,gdsf", help="real runs, in this order")
-    p.add_argument("--json", type=Path, help="write the whole result here")
-    p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
-    p.add_argument("--report", type=Path, metavar="JSON", help="print the report of a saved run; run nothing")
+    add_stack_args(p, slots=2)
     args = p.parse_args(argv)
     args.policies = [x for x in args.policies.split(",") if x]
     unknown = [x for x in args.policies if x not in EVICTIONS]
@@ -88,16 +82,12 @@ def sequence(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def timed_trace(label: str, times: Sequence[float], seq: Sequence[str], models: Sequence[str], cost: float) -> Trace:
     """`seq` at `times`, equal sizes (so the size-aware policies weigh only predicted use and cost)."""
-    return Trace(label, list(zip(times, seq, strict=True)), dict.fromkeys(models, GB), dict.fromkeys(models, cost))
+    return equal_trace(label, list(zip(times, seq, strict=True)), models, cost)
 
 
 def predict(trace: Trace, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     backends = split(args.tritons, args.tritons * args.slots)
     return {p: sim_summary(simulate(trace, backends, p)) for p in SIM_POLICIES}
-
-
-def sim_summary(r: Result) -> dict[str, Any]:
-    return {"misses": r.misses, "evictions": r.evictions, "waited": r.waited, "wait_s": round(r.wait_seconds, 2)}
 
 
 class CommitGaps(Simulation):
@@ -161,12 +151,7 @@ def agreement(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int) -> dict[str, Any]:
     """One real run: a fresh gateway with `--eviction policy` over empty Tritons, the sequence one at a time."""
-    stack.stop_gateways()
-    stack.unload_everything()
-    loads_mark = len(stack.loads())
-    unloads_mark = len(unloads(stack))
-    gw = stack.add_gateway(prefix=f"ev{policy}{uuid.uuid4().hex[:6]}", extra=["--eviction", policy])
-    stack.register(slots, models)
+    gw, marks = fresh_gateway(stack, f"ev{policy}{uuid.uuid4().hex[:6]}", ["--eviction", policy], slots, models)
     body = request_body(1)[0]
     sent: list[float] = []
     seconds: list[float] = []
@@ -183,13 +168,13 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
             cold.append(r.headers.get("x-modelyard-cold") == "1")
             if (i + 1) % 50 == 0:
                 print(f"  {policy}: {i + 1}/{len(seq)} requests, {sum(cold)} cold", file=sys.stderr)
-    loaded = stack.loads()[loads_mark:]
+    loaded = marks.new_loads(stack)
     cold_s = [s for s, c in zip(seconds, cold, strict=True) if c]
     return {
         "policy": policy,
         "requests": len(seq),
         "triton_loads": len(loaded),
-        "triton_unloads": len(unloads(stack)) - unloads_mark,
+        "triton_unloads": len(marks.new_unloads(stack)),
         "cold_requests": sum(cold),
         "wait_s_cold": round(sum(cold_s), 2),
         "wait_s_all": round(sum(seconds), 2),
@@ -205,28 +190,13 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
     }
 
 
-def unloads(stack: LocalStack) -> list[str]:
-    """One line per model `finalize` on the Tritons (deploy/localstack/models.py)."""
-    try:
-        return [x for x in Path(f"{stack.load_log}.unload").read_text().splitlines() if x.strip()]
-    except FileNotFoundError:
-        return []
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     models, seq = sequence(args)
     paced = timed_trace("paced", [float(i) for i in range(len(seq))], seq, models, 0.5)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelyard-eviction-"))
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    load_before = loadavg()
-    code = code_version()
     real: list[dict[str, Any]] = []
     result: dict[str, Any] = {
-        "benchmark": "eviction-real",
-        "started": started,
-        "machine": machine_info(),
-        "code": code,
-        "loadavg_before": load_before,
+        **run_header("eviction-real"),
         "setup": {
             "models": args.models,
             "requests": len(seq),
@@ -247,10 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             replay = timed_trace(f"replay of {policy}", r["sent_s"], seq, models, r["cold_request_s_median"] or 1.0)
             r["replay_prediction"] = predict(replay, args)
             real.append(r)
-            result["loadavg_after"] = loadavg()
             print(f"{policy}: {r['triton_loads']} Triton loads, {r['cold_requests']} cold", file=sys.stderr)
-            if args.json:  # after each policy: a run cut short keeps what it measured
-                args.json.write_text(json.dumps(result, indent=2) + "\n")
+            save(result, args.json)
     return result
 
 
@@ -286,9 +254,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = json.loads(args.report.read_text()) if args.report else run(args)
-    print(report(result))
+    print(report(result_of(parse_args(argv), run)))
     return 0
 
 
