@@ -42,7 +42,18 @@ import httpx
 
 from deploy.localstack.stack import LocalStack
 from loadtests.overhead import request_body
-from loadtests.realstack import add_stack_args, equal_trace, fresh_gateway, result_of, run_header, save, sim_summary
+from loadtests.realstack import (
+    add_stack_args,
+    equal_trace,
+    fresh_gateway,
+    gap_check,
+    learned,
+    prewarm_counters,
+    result_of,
+    run_header,
+    save,
+    sim_summary,
+)
 from loadtests.sim.engine import Simulation
 from loadtests.sim.run import POLICIES, simulate, split
 from loadtests.sim.trace import Trace, zipf_trace
@@ -61,6 +72,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=1.0, help="Zipf exponent")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--policies", default="lru,nextuse,gdsf", help="real runs, in this order")
+    p.add_argument(
+        "--prewarm",
+        default="off",
+        choices=["off", "on"],
+        help="the gateways' --prewarm (off: eviction alone)",
+    )
     add_stack_args(p, slots=2)
     args = p.parse_args(argv)
     args.policies = [x for x in args.policies.split(",") if x]
@@ -149,9 +166,12 @@ def agreement(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int) -> dict[str, Any]:
+def run_policy(
+    stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int, prewarm: str = "off"
+) -> dict[str, Any]:
     """One real run: a fresh gateway with `--eviction policy` over empty Tritons, the sequence one at a time."""
-    gw, marks = fresh_gateway(stack, f"ev{policy}{uuid.uuid4().hex[:6]}", ["--eviction", policy], slots, models)
+    prefix = f"ev{policy}{uuid.uuid4().hex[:6]}"
+    gw, marks = fresh_gateway(stack, prefix, ["--eviction", policy, "--prewarm", prewarm], slots, models)
     body = request_body(1)[0]
     sent: list[float] = []
     seconds: list[float] = []
@@ -169,6 +189,11 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
             if (i + 1) % 50 == 0:
                 print(f"  {policy}: {i + 1}/{len(seq)} requests, {sum(cold)} cold", file=sys.stderr)
     loaded = marks.new_loads(stack)
+    time.sleep(1.0)  # two usage flushes: the last requests' gaps reach Redis
+    know = learned(stack.redis.url, prefix)
+    prewarms = prewarm_counters(httpx.get(f"{gw.url}/metrics", timeout=30).text)
+    # one request at a time: each ends about when the next is sent (the gateways learn gaps from request ends)
+    ends = [*sent[1:], time.monotonic() - began]
     cold_s = [s for s, c in zip(seconds, cold, strict=True) if c]
     return {
         "policy": policy,
@@ -185,6 +210,10 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
         if not all(cold)
         else None,
         "wall_s": round(time.monotonic() - began, 1),
+        "prewarm": prewarm,
+        "prewarm_counters": prewarms,
+        "learned": know,
+        "gap_check": gap_check(list(zip(ends, seq, strict=True)), know["gaps"]),
         "sent_s": [round(t, 3) for t in sent],
         "cold": [int(c) for c in cold],
     }
@@ -205,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tritons": args.tritons,
             "slots_per_triton": args.slots,
             "capacity_share": round(args.tritons * args.slots / args.models, 3),
+            "prewarm": args.prewarm,
             "distinct_models_requested": len(set(seq)),
         },
         "sequence": seq,
@@ -213,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with LocalStack(workdir, models, tritons=args.tritons) as stack:
         for policy in args.policies:
-            r = run_policy(stack, policy, seq, models, args.slots)
+            r = run_policy(stack, policy, seq, models, args.slots, args.prewarm)
             replay = timed_trace(f"replay of {policy}", r["sent_s"], seq, models, r["cold_request_s_median"] or 1.0)
             r["replay_prediction"] = predict(replay, args)
             real.append(r)
@@ -250,6 +280,13 @@ def report(result: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("simulated misses, paced: " + ", ".join(f"{p} {v['misses']}" for p, v in paced.items()))
+    for r in result["real"]:
+        if "gap_check" in r:  # recorded since run 3
+            g = r["gap_check"]
+            lines.append(
+                f"learned gaps, {r['policy']}: {g['learned']} models (the requests give {g['from_schedule']}); "
+                f"{len(g['asked_once'])} for models asked for once, {len(g['under_half'])} under half the true gap"
+            )
     return "\n".join(lines)
 
 

@@ -42,7 +42,6 @@ import csv
 import gzip
 import itertools
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -53,14 +52,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 from deploy.localstack.stack import LocalStack
 from loadtests.overhead import request_body
-from loadtests.realstack import add_stack_args, equal_trace, fresh_gateway, result_of, run_header, save, sim_summary
+from loadtests.realstack import (
+    add_stack_args,
+    equal_trace,
+    fresh_gateway,
+    gap_check,
+    learned,
+    prewarm_counters,
+    result_of,
+    run_header,
+    save,
+    sim_summary,
+)
 from loadtests.sim.run import simulate, split
 from loadtests.sim.trace import azure_dir
-from placement.arrivals import update_gap
 from placement.eviction import EVICTIONS
 
 DEFAULT_EVICTION = "nextuse"  # the gateway's default (gateway/cli.py --eviction); what --eviction '' measures
@@ -199,45 +207,6 @@ def waiting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "cold_s_median": round(statistics.median(cold), 3) if cold else None,
         "late_s_max": round(max((r["late"] for r in rows), default=0.0), 3),
     }
-
-
-PREWARM_METRIC = re.compile(r'^modelyard_prewarm_loads(?:_total)?\{result="(\w+)"\} (\S+)$', re.M)
-
-
-def prewarm_counters(metrics_text: str) -> dict[str, int]:
-    """`modelyard_prewarm_loads` by result (loaded, skipped, failed, used, wasted, given_up) from /metrics."""
-    return {m.group(1): int(float(m.group(2))) for m in PREWARM_METRIC.finditer(metrics_text)}
-
-
-def true_gaps(requests: Sequence[tuple[float, str]]) -> dict[str, float]:
-    """Each model's mean gap as the gateway's rule (`placement.arrivals.update_gap`) would learn it from the
-    scheduled request times alone: what the learned gaps should come close to."""
-    gaps: dict[str, float] = {}
-    last: dict[str, float] = {}
-    for t, model in requests:
-        gap = update_gap(gaps.get(model), last.get(model), t, 1)
-        if gap is not None:
-            gaps[model] = gap
-        last[model] = t
-    return gaps
-
-
-def gap_check(requests: Sequence[tuple[float, str]], learned_gaps: dict[str, float]) -> dict[str, Any]:
-    """How the learned gaps compare with the schedule's: learned for models asked for only once (impossible from
-    arrivals), and learned at under half of the schedule's gap (a short observation pulled them down)."""
-    want = true_gaps(requests)
-    once = sorted(m for m in learned_gaps if m not in want)
-    low = sorted(m for m, g in learned_gaps.items() if m in want and g < want[m] / 2)
-    return {"learned": len(learned_gaps), "from_schedule": len(want), "asked_once": once, "under_half": low}
-
-
-def learned(redis_url: str, prefix: str) -> dict[str, dict[str, float]]:
-    """The load seconds and mean arrival gaps the gateway learned (its Redis hashes `loadsec`, `gaps`)."""
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        return {k: {m: round(float(v), 3) for m, v in r.hgetall(f"{prefix}:{k}").items()} for k in ("loadsec", "gaps")}
-    finally:
-        r.close()
 
 
 def run_one(stack: LocalStack, args: argparse.Namespace, setting: str, requests: Sequence[tuple[float, str]]) -> dict:

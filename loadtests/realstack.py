@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from deploy.localstack.stack import GatewayProcess, LocalStack
 from loadtests.harness import code_version, loadavg, machine_info
 from loadtests.sim.engine import Result
 from loadtests.sim.trace import GB, Trace
+from placement.arrivals import update_gap
 
 
 def add_stack_args(p: argparse.ArgumentParser, slots: int) -> None:
@@ -99,3 +103,42 @@ def sim_summary(r: Result) -> dict[str, Any]:
     out = {"misses": r.misses, "evictions": r.evictions, "waited": r.waited, "wait_s": round(r.wait_seconds, 2)}
     out.update({k: v for k, v in r.extra.items() if k.startswith("prewarm_")})
     return out
+
+
+def true_gaps(requests: Sequence[tuple[float, str]]) -> dict[str, float]:
+    """Each model's mean gap as the gateway's rule (`placement.arrivals.update_gap`) would learn it from the
+    scheduled request times alone: what the learned gaps should come close to."""
+    gaps: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for t, model in requests:
+        gap = update_gap(gaps.get(model), last.get(model), t, 1)
+        if gap is not None:
+            gaps[model] = gap
+        last[model] = t
+    return gaps
+
+
+def gap_check(requests: Sequence[tuple[float, str]], learned_gaps: dict[str, float]) -> dict[str, Any]:
+    """How the learned gaps compare with the schedule's: learned for models asked for only once (impossible from
+    arrivals), and learned at under half of the schedule's gap (a short observation pulled them down)."""
+    want = true_gaps(requests)
+    once = sorted(m for m in learned_gaps if m not in want)
+    low = sorted(m for m, g in learned_gaps.items() if m in want and g < want[m] / 2)
+    return {"learned": len(learned_gaps), "from_schedule": len(want), "asked_once": once, "under_half": low}
+
+
+def learned(redis_url: str, prefix: str) -> dict[str, dict[str, float]]:
+    """The load seconds and mean arrival gaps the gateway learned (its Redis hashes `loadsec`, `gaps`)."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return {k: {m: round(float(v), 3) for m, v in r.hgetall(f"{prefix}:{k}").items()} for k in ("loadsec", "gaps")}
+    finally:
+        r.close()
+
+
+PREWARM_METRIC = re.compile(r'^modelyard_prewarm_loads(?:_total)?\{result="(\w+)"\} (\S+)$', re.M)
+
+
+def prewarm_counters(metrics_text: str) -> dict[str, int]:
+    """`modelyard_prewarm_loads` by result (loaded, skipped, failed, used, wasted, given_up) from /metrics."""
+    return {m.group(1): int(float(m.group(2))) for m in PREWARM_METRIC.finditer(metrics_text)}

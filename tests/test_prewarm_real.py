@@ -12,16 +12,15 @@ from loadtests.prewarm_real import (
     PERIODIC,
     TIMER,
     compress,
-    gap_check,
     kind,
     parse_args,
     pick,
     predict,
-    prewarm_counters,
     schedule,
     the_slice,
     waiting,
 )
+from loadtests.realstack import gap_check, prewarm_counters
 from loadtests.sim.trace import azure_dir
 
 
