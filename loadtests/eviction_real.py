@@ -20,7 +20,7 @@ What it does:
   gdsf, nextuse and Belady's MIN: `paced` spaces the requests 1 s apart with 0.5 s loads (one at a time, as sent);
   `replay` uses each real run's own send times and its median cold-request time as the load time; also request by
   request (which requests were cold in one and warm in the other), and with `CommitGaps`, the gap the gateway
-  learns at a load's commit (docs/benchmarks.md "Eviction on real Tritons");
+  learned at a load's commit before the fix (docs/benchmarks.md "Eviction on real Tritons");
 - `--report JSON` prints the report of a saved run again (with the current simulator), running nothing.
 
 The machine is shared and busy: loads and misses are the robust figures; seconds are reported but noisy.
@@ -108,9 +108,10 @@ def predict(trace: Trace, args: argparse.Namespace) -> dict[str, dict[str, Any]]
 
 
 class CommitGaps(Simulation):
-    """The simulation with the gap the gateway learns on a cold request (found by this benchmark): the load's
-    commit sets the model's last use to the load's end (`placement/store.py` `_COMMIT`), so the request that
-    waited for it teaches a gap of `served_after` seconds instead of the time since the model's previous request."""
+    """The simulation with the gap the gateway learned on a cold request before the `prewarm` merge (runs 1 and 2 found
+    it): the load's commit set the model's last use to the load's end (`_COMMIT`, now in
+    `placement/store/scripts.py`, no longer does), so the request that waited for it taught a gap of
+    `served_after` seconds instead of the time since the model's previous request."""
 
     served_after = 0.03
 
@@ -264,7 +265,7 @@ def report(result: dict[str, Any]) -> str:
         "",
         "| policy | real Triton loads | real cold requests | real unloads | simulated misses (paced) "
         "| simulated misses (replay) | requests cold in one, warm in the other (paced / replay) "
-        "| simulated misses with the gateway's gap rule (paced / replay) | cold wait-s (client) | median cold s |",
+        "| simulated misses with the old commit gap rule (paced / replay) | cold wait-s (client) | median cold s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     agree = agreement(result)
