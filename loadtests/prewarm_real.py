@@ -24,8 +24,8 @@ What it does:
   unload logs (loads = demand loads + pre-warms), the gateway's pre-warm counters (`modelyard_prewarm_loads` in
   /metrics), and the load time and arrival gaps the gateway learned (read from Redis at the end);
 - runs the simulator (`loadtests.sim`, the same policy and `Prewarmer` objects) on the same compressed slice and
-  capacity, every load taking the median load time the gateway learned in the `off` run: the default policy with
-  and without pre-warming, and LRU and Belady's MIN beside them;
+  capacity, every load taking what a cold request waited in the first run (its median, less the warm median): the
+  default policy with and without pre-warming, and LRU and Belady's MIN beside them;
 - `--report JSON` prints the report of a saved run again, running nothing.
 
 Time compression has a floor: the gateway pre-warms only models whose learned gap is at least 5 s
@@ -209,7 +209,9 @@ def waiting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_one(stack: LocalStack, args: argparse.Namespace, setting: str, requests: Sequence[tuple[float, str]]) -> dict:
+def run_one(
+    stack: LocalStack, args: argparse.Namespace, setting: str, requests: Sequence[tuple[float, str]]
+) -> dict[str, Any]:
     models = sorted({m for _, m in requests})
     prefix = f"pw{setting}{uuid.uuid4().hex[:6]}"
     flags = ["--prewarm", setting] + (["--eviction", args.eviction] if args.eviction else [])

@@ -1,6 +1,7 @@
 """Shared parts of the benchmarks on the real stack (`loadtests.eviction_real`, `loadtests.prewarm_real`): a fresh
-gateway over emptied Tritons, the loads and unloads Triton itself logged since a mark, the run's header, and a
-simulator trace of equal-sized models."""
+gateway over emptied Tritons, the loads and unloads Triton itself logged since a mark, the run's header, a
+simulator trace of equal-sized models, and what the gateway learned and counted (its arrival gaps beside the
+requests' own, its pre-warm counters)."""
 
 from __future__ import annotations
 
