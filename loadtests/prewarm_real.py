@@ -31,7 +31,9 @@ What it does:
 Time compression has a floor: the gateway pre-warms only models whose learned gap is at least 5 s
 (`placement.prewarm.Prewarmer.min_gap`) and starts a pre-warm `2 s + load time` before the expected request, on a
 0.5 s tick, from last uses flushed every 0.5 s. A once-a-minute timer must keep a gap above 5 s + a margin:
-the default 8 s per trace minute does; 4 would put every timer under `min_gap`, where nothing is pre-warmed.
+8 s per trace minute does, but then the loader is busy nearly all the time on these machines and a pre-warm,
+which starts only when no load is under way, seldom gets a turn (docs/benchmarks.md, "Pre-warming on real
+Tritons", run 1); the default is 16 s (run 2). 4 would put every timer under `min_gap`: nothing is pre-warmed.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loadtests.prewarm_real", description=__doc__.split("\n\n")[0])
     p.add_argument("--start", type=int, default=600, help="first trace minute of the slice (0-based)")
     p.add_argument("--minutes", type=int, default=30, help="trace minutes in the slice")
-    p.add_argument("--seconds-per-minute", type=float, default=8.0, help="real seconds per trace minute")
+    p.add_argument("--seconds-per-minute", type=float, default=16.0, help="real seconds per trace minute")
     p.add_argument("--timers", type=int, default=4, help="functions invoked once every minute")
     p.add_argument("--periodic", type=int, default=16, help="functions invoked once every k minutes (2 <= k <= 5)")
     p.add_argument("--irregular", type=int, default=4, help="functions with no fixed period")
