@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-scale bench-perf-analyzer bench-eviction clean
+.PHONY: lock setup demo test check bench bench-grpc bench-hedging bench-churn bench-workers bench-scale bench-perf-analyzer bench-eviction bench-prewarm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelyard needs Python 3.11 or newer")'
@@ -63,6 +63,10 @@ bench-perf-analyzer: setup $(PERF_VENV)/bin/perf_analyzer
 # The same Zipf sequence through real Tritons with --eviction lru, nextuse and gdsf, beside the simulator's prediction.
 bench-eviction: setup
 	$(PY) -m loadtests.eviction_real $(ARGS)
+
+# A slice of the Azure trace, time compressed, through real Tritons with --prewarm off and on, beside the simulator.
+bench-prewarm: setup
+	$(PY) -m loadtests.prewarm_real $(ARGS)
 
 # Rewrite constraints.txt from the working .venv (after changing dependencies in pyproject.toml).
 lock: setup

@@ -20,7 +20,7 @@ What it does:
   gdsf, nextuse and Belady's MIN: `paced` spaces the requests 1 s apart with 0.5 s loads (one at a time, as sent);
   `replay` uses each real run's own send times and its median cold-request time as the load time; also request by
   request (which requests were cold in one and warm in the other), and with `CommitGaps`, the gap the gateway
-  learns at a load's commit (docs/benchmarks.md "Eviction on real Tritons");
+  learned at a load's commit before the fix (docs/benchmarks.md "Eviction on real Tritons");
 - `--report JSON` prints the report of a saved run again (with the current simulator), running nothing.
 
 The machine is shared and busy: loads and misses are the robust figures; seconds are reported but noisy.
@@ -29,25 +29,34 @@ The machine is shared and busy: loads and misses are the robust figures; seconds
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deploy.localstack.stack import LocalStack
-from loadtests.harness import code_version, loadavg, machine_info
 from loadtests.overhead import request_body
-from loadtests.sim.engine import Result, Simulation
+from loadtests.realstack import (
+    add_stack_args,
+    equal_trace,
+    fresh_gateway,
+    gap_check,
+    learned,
+    prewarm_counters,
+    result_of,
+    run_header,
+    save,
+    sim_summary,
+)
+from loadtests.sim.engine import Simulation
 from loadtests.sim.run import POLICIES, simulate, split
-from loadtests.sim.trace import GB, Trace, zipf_trace
+from loadtests.sim.trace import Trace, zipf_trace
 from placement.arrivals import update_gap
 from placement.clock import FakeClock
 from placement.eviction import EVICTIONS
@@ -62,12 +71,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=150, help="requests in the sequence")
     p.add_argument("--alpha", type=float, default=1.0, help="Zipf exponent")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--tritons", type=int, default=2, help="Triton servers")
-    p.add_argument("--slots", type=int, default=2, help="models each Triton may hold (capacity.models)")
     p.add_argument("--policies", default="lru,nextuse,gdsf", help="real runs, in this order")
-    p.add_argument("--json", type=Path, help="write the whole result here")
-    p.add_argument("--workdir", type=Path, help="keep the stack's files here (default: a temporary directory)")
-    p.add_argument("--report", type=Path, metavar="JSON", help="print the report of a saved run; run nothing")
+    p.add_argument(
+        "--prewarm",
+        default="off",
+        choices=["off", "on"],
+        help="the gateways' --prewarm (off: eviction alone)",
+    )
+    add_stack_args(p, slots=2)
     args = p.parse_args(argv)
     args.policies = [x for x in args.policies.split(",") if x]
     unknown = [x for x in args.policies if x not in EVICTIONS]
@@ -88,7 +99,7 @@ def sequence(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def timed_trace(label: str, times: Sequence[float], seq: Sequence[str], models: Sequence[str], cost: float) -> Trace:
     """`seq` at `times`, equal sizes (so the size-aware policies weigh only predicted use and cost)."""
-    return Trace(label, list(zip(times, seq, strict=True)), dict.fromkeys(models, GB), dict.fromkeys(models, cost))
+    return equal_trace(label, list(zip(times, seq, strict=True)), models, cost)
 
 
 def predict(trace: Trace, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -96,14 +107,11 @@ def predict(trace: Trace, args: argparse.Namespace) -> dict[str, dict[str, Any]]
     return {p: sim_summary(simulate(trace, backends, p)) for p in SIM_POLICIES}
 
 
-def sim_summary(r: Result) -> dict[str, Any]:
-    return {"misses": r.misses, "evictions": r.evictions, "waited": r.waited, "wait_s": round(r.wait_seconds, 2)}
-
-
 class CommitGaps(Simulation):
-    """The simulation with the gap the gateway learns on a cold request (found by this benchmark): the load's
-    commit sets the model's last use to the load's end (`placement/store.py` `_COMMIT`), so the request that
-    waited for it teaches a gap of `served_after` seconds instead of the time since the model's previous request."""
+    """The simulation with the gap the gateway learned on a cold request before the `prewarm` merge (runs 1 and 2 found
+    it): the load's commit set the model's last use to the load's end (`_COMMIT`, now in
+    `placement/store/scripts.py`, no longer does), so the request that waited for it taught a gap of
+    `served_after` seconds instead of the time since the model's previous request."""
 
     served_after = 0.03
 
@@ -159,14 +167,12 @@ def agreement(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int) -> dict[str, Any]:
+def run_policy(
+    stack: LocalStack, policy: str, seq: Sequence[str], models: Sequence[str], slots: int, prewarm: str = "off"
+) -> dict[str, Any]:
     """One real run: a fresh gateway with `--eviction policy` over empty Tritons, the sequence one at a time."""
-    stack.stop_gateways()
-    stack.unload_everything()
-    loads_mark = len(stack.loads())
-    unloads_mark = len(unloads(stack))
-    gw = stack.add_gateway(prefix=f"ev{policy}{uuid.uuid4().hex[:6]}", extra=["--eviction", policy])
-    stack.register(slots, models)
+    prefix = f"ev{policy}{uuid.uuid4().hex[:6]}"
+    gw, marks = fresh_gateway(stack, prefix, ["--eviction", policy, "--prewarm", prewarm], slots, models)
     body = request_body(1)[0]
     sent: list[float] = []
     seconds: list[float] = []
@@ -183,13 +189,18 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
             cold.append(r.headers.get("x-modelyard-cold") == "1")
             if (i + 1) % 50 == 0:
                 print(f"  {policy}: {i + 1}/{len(seq)} requests, {sum(cold)} cold", file=sys.stderr)
-    loaded = stack.loads()[loads_mark:]
+    loaded = marks.new_loads(stack)
+    time.sleep(1.0)  # two usage flushes: the last requests' gaps reach Redis
+    know = learned(stack.redis.url, prefix)
+    prewarms = prewarm_counters(httpx.get(f"{gw.url}/metrics", timeout=30).text)
+    # one request at a time: each ends about when the next is sent (the gateways learn gaps from request ends)
+    ends = [*sent[1:], time.monotonic() - began]
     cold_s = [s for s, c in zip(seconds, cold, strict=True) if c]
     return {
         "policy": policy,
         "requests": len(seq),
         "triton_loads": len(loaded),
-        "triton_unloads": len(unloads(stack)) - unloads_mark,
+        "triton_unloads": len(marks.new_unloads(stack)),
         "cold_requests": sum(cold),
         "wait_s_cold": round(sum(cold_s), 2),
         "wait_s_all": round(sum(seconds), 2),
@@ -200,33 +211,22 @@ def run_policy(stack: LocalStack, policy: str, seq: Sequence[str], models: Seque
         if not all(cold)
         else None,
         "wall_s": round(time.monotonic() - began, 1),
+        "prewarm": prewarm,
+        "prewarm_counters": prewarms,
+        "learned": know,
+        "gap_check": gap_check(list(zip(ends, seq, strict=True)), know["gaps"]),
         "sent_s": [round(t, 3) for t in sent],
         "cold": [int(c) for c in cold],
     }
-
-
-def unloads(stack: LocalStack) -> list[str]:
-    """One line per model `finalize` on the Tritons (deploy/localstack/models.py)."""
-    try:
-        return [x for x in Path(f"{stack.load_log}.unload").read_text().splitlines() if x.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     models, seq = sequence(args)
     paced = timed_trace("paced", [float(i) for i in range(len(seq))], seq, models, 0.5)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelyard-eviction-"))
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    load_before = loadavg()
-    code = code_version()
     real: list[dict[str, Any]] = []
     result: dict[str, Any] = {
-        "benchmark": "eviction-real",
-        "started": started,
-        "machine": machine_info(),
-        "code": code,
-        "loadavg_before": load_before,
+        **run_header("eviction-real"),
         "setup": {
             "models": args.models,
             "requests": len(seq),
@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tritons": args.tritons,
             "slots_per_triton": args.slots,
             "capacity_share": round(args.tritons * args.slots / args.models, 3),
+            "prewarm": args.prewarm,
             "distinct_models_requested": len(set(seq)),
         },
         "sequence": seq,
@@ -243,14 +244,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with LocalStack(workdir, models, tritons=args.tritons) as stack:
         for policy in args.policies:
-            r = run_policy(stack, policy, seq, models, args.slots)
+            r = run_policy(stack, policy, seq, models, args.slots, args.prewarm)
             replay = timed_trace(f"replay of {policy}", r["sent_s"], seq, models, r["cold_request_s_median"] or 1.0)
             r["replay_prediction"] = predict(replay, args)
             real.append(r)
-            result["loadavg_after"] = loadavg()
             print(f"{policy}: {r['triton_loads']} Triton loads, {r['cold_requests']} cold", file=sys.stderr)
-            if args.json:  # after each policy: a run cut short keeps what it measured
-                args.json.write_text(json.dumps(result, indent=2) + "\n")
+            save(result, args.json)
     return result
 
 
@@ -266,7 +265,7 @@ def report(result: dict[str, Any]) -> str:
         "",
         "| policy | real Triton loads | real cold requests | real unloads | simulated misses (paced) "
         "| simulated misses (replay) | requests cold in one, warm in the other (paced / replay) "
-        "| simulated misses with the gateway's gap rule (paced / replay) | cold wait-s (client) | median cold s |",
+        "| simulated misses with the old commit gap rule (paced / replay) | cold wait-s (client) | median cold s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     agree = agreement(result)
@@ -282,13 +281,18 @@ def report(result: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("simulated misses, paced: " + ", ".join(f"{p} {v['misses']}" for p, v in paced.items()))
+    for r in result["real"]:
+        if "gap_check" in r:  # recorded since run 3
+            g = r["gap_check"]
+            lines.append(
+                f"learned gaps, {r['policy']}: {g['learned']} models (the requests give {g['from_schedule']}); "
+                f"{len(g['asked_once'])} for models asked for once, {len(g['under_half'])} under half the true gap"
+            )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = json.loads(args.report.read_text()) if args.report else run(args)
-    print(report(result))
+    print(report(result_of(parse_args(argv), run)))
     return 0
 
 
