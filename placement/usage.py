@@ -17,6 +17,7 @@ class Usage:
         self._inflight: dict[tuple[str, str], int] = {}
         self._pending: dict[tuple[str, str], float] = {}
         self._requests: dict[str, int] = {}
+        self._finished: dict[str, float] = {}  # model -> its last request's end, since the last flush
 
     def start(self, model: str, backend: str) -> None:
         key = (model, backend)
@@ -29,8 +30,10 @@ class Usage:
             self._inflight[key] = left
         else:
             self._inflight.pop(key, None)
-        self._pending[key] = self._clock.now()
+        now = self._clock.now()
+        self._pending[key] = now
         self._requests[model] = self._requests.get(model, 0) + 1
+        self._finished[model] = now
 
     def inflight(self, model: str, backend: str) -> int:
         return self._inflight.get((model, backend), 0)
@@ -48,4 +51,10 @@ class Usage:
 
     def drain_requests(self) -> dict[str, int]:
         out, self._requests = self._requests, {}
+        return out
+
+    def drain_finished(self) -> dict[str, float]:
+        """Each model's last finished request since the last call: the arrivals the learned gaps are made of.
+        Unlike `drain`, no in-flight refresh: a request still running at a flush is no new request."""
+        out, self._finished = self._finished, {}
         return out

@@ -13,19 +13,25 @@ class Usage(StoreBase):
     """Written off the warm path (one round trip per flush); read by eviction and scaling."""
 
     async def touch_many(
-        self, used: Iterable[tuple[str, str, float]], requests: Mapping[str, int] | None = None
+        self,
+        used: Iterable[tuple[str, str, float]],
+        requests: Mapping[str, int] | None = None,
+        finished: Mapping[str, float] | None = None,
     ) -> None:
         """Record last-used times, (model, backend, when), and requests served per model since the last call, in
-        one round trip. Never moves a time back."""
+        one round trip. Never moves a time back. `finished` (`Usage.drain_finished`): each model's last finished
+        request; when given, only those move the model's last use anywhere (the previous request of the gap
+        rule), so a copy kept recent by a request in flight across a flush does not teach a gap of milliseconds."""
         items = list(used)
         if not items and not requests:
             return
         self._count("usage_flush")
         async with self.r.pipeline(transaction=False) as pipe:
             # Before last-used times move: each model's gap between requests, from the previous last use anywhere.
-            latest: dict[str, float] = {}
-            for model, _bid, when in items:
-                latest[model] = max(when, latest.get(model, 0.0))
+            latest: dict[str, float] = dict(finished or {})
+            if finished is None:
+                for model, _bid, when in items:
+                    latest[model] = max(when, latest.get(model, 0.0))
             seen = [(m, latest[m], n) for m, n in (requests or {}).items() if n > 0 and m in latest]
             if seen:
                 args: list[Any] = [WEIGHT]
@@ -34,6 +40,7 @@ class Usage(StoreBase):
                 await self._gaps(keys=[f"{self.p}:lastused", f"{self.p}:gaps"], args=args, client=pipe)
             for model, bid, when in items:
                 pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
+            for model, when in latest.items():
                 pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
             for model, n in (requests or {}).items():
                 pipe.hincrby(f"{self.p}:requests", model, n)

@@ -103,3 +103,25 @@ async def test_candidates_carry_the_last_request_so_a_prewarmed_copy_is_told_fro
     candidates = {c.model: c for c in await placer.loader._candidates(copies)}
     assert candidates["used"].last_request == pytest.approx(clock.now() - 5)
     assert candidates["ahead"].last_request == 0.0  # never requested anywhere
+
+
+async def test_a_request_in_flight_across_a_flush_teaches_the_gap_since_the_previous_request(
+    make_placer: MakePlacer, backends: dict[str, FakeBackend], clock: FakeClock
+) -> None:
+    placer = await make_placer(eviction_policy="nextuse")
+    await register(placer, backends, {"b1": 2}, [triton("tick")])
+    await placer.ensure("tick")
+
+    async def flush() -> None:
+        u = placer.usage
+        await placer.store.touch_many(u.drain(), u.drain_requests(), u.drain_finished())
+
+    for _ in range(3):  # every 30 s a request that takes 0.2 s, with a flush while it runs
+        clock.advance(30)
+        placer.usage.start("tick", "b1")
+        await flush()
+        clock.advance(0.2)
+        placer.usage.finish("tick", "b1")
+        await flush()
+    facts = await placer.store.eviction_facts(["tick"])
+    assert facts["tick"][2] == pytest.approx(30.2)  # end to end; without `finished`: 0.2, the in-flight part
