@@ -114,7 +114,11 @@ def test_a_good_candidate_is_promoted_step_by_step_on_both_gateways_through_a_re
         assert [s["model"] for s in shadows] == ["m039"]
         return shadows[0]
 
-    eventually(lambda: report()["sent"] + report()["dropped"] >= sent)
+    def settled() -> bool:  # every shadow counted, and each one sent also compared (sent is counted before)
+        r = report()
+        return bool(r["sent"] + r["dropped"] >= sent and r["agree"] + r["disagree"] + r["failed"] == r["sent"])
+
+    eventually(settled, "the shadow report to count every shadow and its comparison")
     shadow = report()
     assert shadow["disagree"] == shadow["sent"] > 0 and shadow["agree"] == shadow["failed"] == 0
     assert shadow["latency_ms"]["primary"]["p99"] is not None and shadow["latency_ms"]["shadow"]["p50"] is not None
