@@ -7,6 +7,7 @@ between polls, so the tasks it waits for can run).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 
@@ -40,9 +41,15 @@ def eventually(
 async def eventually_async(
     check: Callable[[], object], what: str = "the condition", timeout: float = 60.0, *, interval: float = 0.005
 ) -> None:
-    """`eventually` inside an event loop: return once `check()` is truthy, awaiting `interval` between polls."""
+    """`eventually` inside an event loop: return once `check()` is truthy, awaiting `interval` between polls.
+    `check` may be a coroutine function (a metric read through the gateway's own client, say): it is awaited."""
     start = time.monotonic()
-    while not check():
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return
         if time.monotonic() - start > timeout:
             raise AssertionError(_failure(what, timeout, None, None))
         await asyncio.sleep(interval)

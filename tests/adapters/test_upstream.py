@@ -10,6 +10,7 @@ import pytest
 from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
 from adapters.upstream import UpstreamPool
 from deploy.localstack.triton import free_port
+from tests.waiting import eventually_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -193,7 +194,7 @@ async def test_requests_over_the_connection_limit_wait_their_turn_or_time_out(se
     first = asyncio.create_task(pool.request("POST", "/", [], b"first", 5))
     await first_seen.wait()
     second = asyncio.create_task(pool.request("POST", "/", [], b"second", 5))
-    await asyncio.sleep(0)  # a yield, not a wait: `second` runs up to its wait for the slot
+    await eventually_async(lambda: len(pool._waiting) == 1, "`second` to wait for the slot")
     with pytest.raises(BackendTimeout):
         await pool.request("POST", "/", [], b"late", 0.05)  # waits behind both, and gives up
     assert seen == [b"first"]  # the others wait for the slot, not on a second connection

@@ -12,7 +12,7 @@ import pytest
 from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
 from adapters.upstream_stream import StreamUpstream
 from deploy.localstack.triton import free_port
-from tests.adapters.test_upstream import read_request, server
+from tests.adapters.test_upstream import each_request, read_request, server
 
 __all__ = ["server"]  # the fixture, shared with test_upstream
 
@@ -31,11 +31,7 @@ async def test_each_chunk_comes_as_written_and_the_connection_is_reused(server) 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        while True:
-            try:
-                head, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for head, body in each_request(reader):
             heads.append(head + body)
             writer.write(_HEAD + _chunk(b"data: 1\n\n"))
             await writer.drain()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from placement.settings import PlacementSettings
 from tests.gateway.conftest import TOKEN, offset
 from tests.gateway.test_grpc_dataplane import SERVICE, infer_request, outputs
 from tests.metrics_text import samples, total
+from tests.waiting import eventually_async
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -104,19 +104,6 @@ def failed(target: str, method: str, request: object, **kwargs: object) -> grpc.
         return caught.value
 
 
-async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll an async or plain check on the loop (which runs the gateway) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_warm_call_is_answered_in_the_thread_a_cold_one_through_the_loop_and_the_loop_counts_both(
     threaded: Callable[..., asyncio.Future[Threaded]],
 ) -> None:
@@ -148,7 +135,7 @@ async def test_a_warm_call_is_answered_in_the_thread_a_cold_one_through_the_loop
         bad = await gw.metric("modelyard_requests_total", protocol="grpc", op="ModelInfer", code="INVALID_ARGUMENT")
         return ok == 4 and bad == 1
 
-    await until(counted, "4 OK and 1 INVALID_ARGUMENT ModelInfer counted")
+    await eventually_async(counted, "4 OK and 1 INVALID_ARGUMENT ModelInfer counted", interval=0.02)
     assert gw.gateway.placer.usage.inflight("m030", backend) == 0
     assert await gw.metric("modelyard_placement_total", result="hit") == 4
     assert await gw.metric("modelyard_backend_requests_total", backend=backend, api="kserve-grpc", outcome="ok") >= 4
@@ -169,8 +156,10 @@ async def test_the_clients_deadline_bounds_the_threads_forward(
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "did not answer 'slow' within the client's deadline" in err.details()  # the gateway's, not grpc's
     assert gw.taken == 1
-    await until(
-        lambda: gw.metric("modelyard_requests_total", op="ModelInfer", code="DEADLINE_EXCEEDED"), "the call counted"
+    await eventually_async(
+        lambda: gw.metric("modelyard_requests_total", op="ModelInfer", code="DEADLINE_EXCEEDED"),
+        "the call counted",
+        interval=0.02,
     )
 
 
@@ -211,7 +200,7 @@ async def test_a_full_pool_answers_resource_exhausted_at_once_and_serves_again_w
         async def exhausted() -> bool:
             return await asyncio.to_thread(failed_now, gw.target) is grpc.StatusCode.RESOURCE_EXHAUSTED
 
-        await until(exhausted, "a call past the pool answered RESOURCE_EXHAUSTED")
+        await eventually_async(exhausted, "a call past the pool answered RESOURCE_EXHAUSTED", interval=0.02)
     finally:
         held.put(None)  # the client half-closes: the stream ends and frees the thread
     assert await asyncio.to_thread(list, stream) == []
