@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
@@ -32,7 +34,65 @@ class _Closed(Exception):
         self.got_bytes = got_bytes
 
 
-class _Conn(asyncio.Protocol):
+class _Connection(asyncio.Protocol):
+    """What `Endpoint` needs of a connection: whether it is closed, and how to close it."""
+
+    closed: bool
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+_C = TypeVar("_C", bound=_Connection)
+
+
+def request_head(method: str, path: str, hostport: bytes, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP/1.1 request head: only the headers given, `host`, and `content-length` where there is a body."""
+    parts = [method.encode("latin-1"), b" ", path.encode("latin-1"), b" HTTP/1.1\r\nhost: ", hostport]
+    for k, v in headers:
+        parts += (b"\r\n", k.encode("latin-1"), b": ", v.encode("latin-1"))
+    if body or method in ("POST", "PUT", "PATCH"):
+        parts += (b"\r\ncontent-length: ", str(len(body)).encode())
+    parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+class Endpoint(Generic[_C]):
+    """One backend's address (`http://host:port`) and its idle keep-alive connections of one kind: what
+    `UpstreamPool` and `adapters.upstream_stream.StreamUpstream` share."""
+
+    def __init__(self, backend_id: str, url: str, connection: Callable[[], _C]) -> None:
+        parts = urlsplit(url)
+        self.backend_id = backend_id
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.hostport = f"{self.host}:{self.port}".encode("latin-1")
+        self._connection = connection
+        self._idle: list[_C] = []
+
+    def _take(self) -> _C | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _open(self) -> _C:
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(self._connection, self.host, self.port)
+        except OSError as exc:
+            raise BackendRefused(
+                f"backend {self.backend_id} could not be reached: {type(exc).__name__}: {exc}", self.backend_id
+            ) from exc
+        return conn
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+class _Conn(_Connection):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -102,16 +162,11 @@ def _expire(waiter: asyncio.Future[ForwardResponse]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class UpstreamPool:
+class UpstreamPool(Endpoint[_Conn]):
     """Keep-alive connections to one backend (`http://host:port`)."""
 
     def __init__(self, backend_id: str, url: str, max_connections: int = 512) -> None:
-        parts = urlsplit(url)
-        self.backend_id = backend_id
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.hostport = f"{self.host}:{self.port}".encode("latin-1")
-        self._idle: list[_Conn] = []
+        super().__init__(backend_id, url, _Conn)
         # Requests in flight, at most `max_connections`; the rest wait in order (a semaphore, without its
         # per-request coroutine and scan when a slot is free, which is nearly always).
         self._max = max_connections
@@ -121,13 +176,7 @@ class UpstreamPool:
     async def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
     ) -> ForwardResponse:
-        head = [method.encode("latin-1"), b" ", path.encode("latin-1"), b" HTTP/1.1\r\nhost: ", self.hostport]
-        for k, v in headers:
-            head += (b"\r\n", k.encode("latin-1"), b": ", v.encode("latin-1"))
-        if body or method in ("POST", "PUT", "PATCH"):
-            head += (b"\r\ncontent-length: ", str(len(body)).encode())
-        head.append(b"\r\n\r\n")
-        data = b"".join(head) + body
+        data = request_head(method, path, self.hostport, headers, body) + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -184,24 +233,3 @@ class UpstreamPool:
                 slot.set_result(None)
                 return
         self._busy -= 1
-
-    def _take(self) -> _Conn | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-        return None
-
-    async def _open(self) -> _Conn:
-        try:
-            _, conn = await asyncio.get_running_loop().create_connection(_Conn, self.host, self.port)
-        except OSError as exc:
-            raise BackendRefused(
-                f"backend {self.backend_id} could not be reached: {type(exc).__name__}: {exc}", self.backend_id
-            ) from exc
-        return conn
-
-    def close(self) -> None:
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()

@@ -13,29 +13,18 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import httptools
 
-from adapters.errors import BackendRefused, BackendTimeout, BackendUnavailable
+from adapters.errors import BackendTimeout, BackendUnavailable
 from adapters.http_stream import StreamedResponse
-from adapters.upstream import HOP_BY_HOP, _Closed
+from adapters.upstream import HOP_BY_HOP, Endpoint, _Closed, _Connection, request_head
 
 STREAM_HIGH_CHUNKS = 16
 STREAM_LOW_CHUNKS = 4
 
 
-def _request_head(method: str, path: str, hostport: bytes, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    parts = [method.encode("latin-1"), b" ", path.encode("latin-1"), b" HTTP/1.1\r\nhost: ", hostport]
-    for k, v in headers:
-        parts += (b"\r\n", k.encode("latin-1"), b": ", v.encode("latin-1"))
-    if body or method in ("POST", "PUT", "PATCH"):
-        parts += (b"\r\ncontent-length: ", str(len(body)).encode())
-    parts.append(b"\r\n\r\n")
-    return b"".join(parts)
-
-
-class _StreamConn(asyncio.Protocol):
+class _StreamConn(_Connection):
     """A connection whose answer is read as it comes: `head` resolves with (status, headers) once they are parsed,
     then `next_chunk()` gives the body chunk by chunk (b"" at its end)."""
 
@@ -135,7 +124,7 @@ class _StreamConn(asyncio.Protocol):
             wake.set_result(None)
 
 
-class StreamUpstream:
+class StreamUpstream(Endpoint[_StreamConn]):
     """Keep-alive connections to one backend (`http://host:port`) for answers relayed as they come, the lean
     counterpart of `adapters.http_stream.stream_http` (httpx): same `StreamedResponse`, same errors.
 
@@ -145,18 +134,13 @@ class StreamUpstream:
     the body. A connection goes back to the idle list only when its answer was read whole."""
 
     def __init__(self, backend_id: str, url: str) -> None:
-        parts = urlsplit(url)
-        self.backend_id = backend_id
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.hostport = f"{self.host}:{self.port}".encode("latin-1")
-        self._idle: list[_StreamConn] = []
+        super().__init__(backend_id, url, _StreamConn)
 
     @contextlib.asynccontextmanager
     async def stream(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float
     ) -> AsyncIterator[StreamedResponse]:
-        data = _request_head(method, path, self.hostport, headers, body) + body
+        data = request_head(method, path, self.hostport, headers, body) + body
         conn = await self._send(data, timeout)
         try:
             status, out_headers = conn.head.result() if conn.head is not None else (502, [])
@@ -195,24 +179,3 @@ class StreamUpstream:
     async def _body(conn: _StreamConn, timeout: float) -> AsyncIterator[bytes]:
         while chunk := await conn.next_chunk(timeout):
             yield chunk
-
-    def _take(self) -> _StreamConn | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-        return None
-
-    async def _open(self) -> _StreamConn:
-        try:
-            _, conn = await asyncio.get_running_loop().create_connection(_StreamConn, self.host, self.port)
-        except OSError as exc:
-            raise BackendRefused(
-                f"backend {self.backend_id} could not be reached: {type(exc).__name__}: {exc}", self.backend_id
-            ) from exc
-        return conn
-
-    def close(self) -> None:
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
