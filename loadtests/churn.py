@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import tempfile
 import threading
@@ -51,12 +50,13 @@ from loadtests.harness import (
     Phase,
     Target,
     code_version,
+    emit,
     http_request,
     loadavg,
-    machine_info,
     percentile,
     pool_for,
     raise_on_errors,
+    run_header,
     run_loop,
     run_phase,
     summarize,
@@ -290,12 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if warm_loads["grpc"] != 1:
             raise SystemExit(f"the warm model was loaded {warm_loads['grpc']} times with gRPC control: it was evicted")
     return {
-        "benchmark": "churn",
-        "started": started,
-        "machine": machine_info(),
-        "code": code,
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
+        **run_header("churn", started, code, load_before),
         "setup": {
             "rate": args.rate,
             "requests_per_phase": args.requests,
@@ -336,10 +331,7 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

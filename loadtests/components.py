@@ -38,6 +38,7 @@ from deploy.localstack.triton import free_port
 from loadtests.harness import (
     Target,
     code_version,
+    emit,
     http_request,
     loadavg,
     machine_info,
@@ -411,11 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "logic": logic,
         "server": servers,
     }
-    print(report(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nresults written to {args.json}")
-    return 0
+    return emit(result, report(result), args.json)
 
 
 def report(result: dict[str, Any]) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shlex
@@ -58,6 +57,7 @@ from loadtests.harness import (
     code_version,
     cpu_split,
     descendants,
+    emit,
     loadavg,
     machine_info,
     other_cpu_pct,
@@ -397,12 +397,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print(report(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nresults written to {args.json}")
-    return 0
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

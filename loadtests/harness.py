@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -491,6 +492,28 @@ def code_version() -> dict[str, Any]:
         "commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted": git("status", "--porcelain", "--", "gateway", "adapters", "placement").splitlines(),
     }
+
+
+def run_header(benchmark: str, started: str, code: dict[str, Any], load_before: list[float]) -> dict[str, Any]:
+    """The first keys of a benchmark's JSON: what ran, when, on what machine and code, and how busy it was."""
+    return {
+        "benchmark": benchmark,
+        "started": started,
+        "machine": machine_info(),
+        "code": code,
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+    }
+
+
+def emit(result: dict[str, Any], text: str, path: Path | None) -> int:
+    """Print the report and write the JSON: the end of a benchmark's run."""
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {path}")
+    return 0
 
 
 def loadavg() -> list[float]:

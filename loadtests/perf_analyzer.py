@@ -37,8 +37,7 @@ import httpx
 
 from deploy.localstack.stack import LocalStack
 from deploy.localstack.triton import free_port
-from loadtests.harness import code_version, descendants, loadavg, machine_info, processes_user_sys_s
-from loadtests.scale import emit
+from loadtests.harness import code_version, descendants, emit, loadavg, processes_user_sys_s, run_header
 
 PERF_VENV = Path(__file__).resolve().parent / ".perf-venv"
 MODEL = "m001"
@@ -315,12 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["gateway_over_baseline"] = round(row["gateway"]["throughput"] / row["baseline"]["throughput"], 2)
             table[f"{protocol} c={c}"] = row
     return {
-        "benchmark": "perf_analyzer",
-        "started": started,
-        "machine": machine_info(),
-        "code": code,
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
+        **run_header("perf_analyzer", started, code, load_before),
         "setup": {
             "rounds": args.rounds,
             "concurrency": args.concurrency,

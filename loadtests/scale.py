@@ -50,6 +50,7 @@ from loadtests.harness import (
     add_open_loop_args,
     check_open_loop_args,
     code_version,
+    emit,
     http_request,
     loadavg,
     machine_info,
@@ -525,16 +526,6 @@ def report(r: dict[str, Any]) -> str:
         *(f"  {k}: {v}" for k, v in r["reads"]["large"].items()),
     ]
     return "\n".join(lines)
-
-
-def emit(result: dict[str, Any], text: str, path: Path | None) -> int:
-    """Print the report and write the JSON (the end of every run here and in loadtests.perf_analyzer)."""
-    print(text)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {path}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

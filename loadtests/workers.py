@@ -39,9 +39,9 @@ from loadtests.harness import (
     code_version,
     http_request,
     loadavg,
-    machine_info,
     percentile,
     pool_for,
+    run_header,
     run_loop,
 )
 from loadtests.overhead import (
@@ -165,12 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         targets.insert(0, ("direct", t.url, http_request(t.url, path, body)))
         measured = run_loop(measure(targets, args, expected))
     return {
-        "benchmark": "workers",
-        "started": started,
-        "machine": machine_info(),
-        "code": code,
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
+        **run_header("workers", started, code, load_before),
         "setup": {
             "workers": ns,
             "concurrency": args.concurrency,
