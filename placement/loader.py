@@ -173,7 +173,7 @@ class Loader:
             if await self.store.reserve(b.backend, spec.name, spec.memory_bytes, token, self.clock.now()) == "ok":
                 self.view.set_copy(spec.name, b.backend, CopyState.LOADING)
                 return b.backend
-        await self.store.touch_many(self.usage.drain(), self.usage.drain_requests(), self.usage.drain_finished())
+        await self.store.touch_many(*self.usage.drain_all())
         by_backend = {b.backend: b for b in loads if b.could_ever_fit(spec)}
         candidates = await self.eviction_candidates(list(by_backend), held)
         now = self.clock.now()
@@ -419,7 +419,7 @@ class Loader:
     async def _evict_one(self, spec: ModelSpec, backends: list[str], held: dict[str, list[CopyRecord]]) -> bool:
         """Free one slot on one of `backends` by unloading the evictable copy the eviction policy ranks first."""
         # Our own recent requests must count before we judge what is least recently used.
-        await self.store.touch_many(self.usage.drain(), self.usage.drain_requests(), self.usage.drain_finished())
+        await self.store.touch_many(*self.usage.drain_all())
         candidates = await self.eviction_candidates(backends, held)
         for cand in self.eviction.rank(candidates):
             if not self._evictable(cand.model, cand.backend):  # a request may have started meanwhile

@@ -71,7 +71,7 @@ class Placer:
         await self.reconciler.stop()
         await stop_task(self._flusher, self._stop)
         with contextlib.suppress(Exception):
-            await self.store.touch_many(self.usage.drain(), self.usage.drain_requests(), self.usage.drain_finished())
+            await self.store.touch_many(*self.usage.drain_all())
         await self.sync.stop()
         for _, adapter in self._adapters.values():
             with contextlib.suppress(Exception):
@@ -157,9 +157,7 @@ class Placer:
             if not self.health.up:
                 continue  # usage keeps accumulating in memory (one entry per copy) and is written once it is back
             try:
-                await self.store.touch_many(
-                    self.usage.drain(), self.usage.drain_requests(), self.usage.drain_finished()
-                )
+                await self.store.touch_many(*self.usage.drain_all())
             except asyncio.CancelledError:
                 raise
             except UNREACHABLE as exc:

@@ -53,6 +53,10 @@ class Usage:
         out, self._requests = self._requests, {}
         return out
 
+    def drain_all(self) -> tuple[list[tuple[str, str, float]], dict[str, int], dict[str, float]]:
+        """`drain`, `drain_requests` and `drain_finished` at once: one flush's arguments to `touch_many`."""
+        return self.drain(), self.drain_requests(), self.drain_finished()
+
     def drain_finished(self) -> dict[str, float]:
         """Each model's last finished request since the last call: the arrivals the learned gaps are made of.
         Unlike `drain`, no in-flight refresh: a request still running at a flush is no new request."""

@@ -13,26 +13,19 @@ class Usage(StoreBase):
     """Written off the warm path (one round trip per flush); read by eviction and scaling."""
 
     async def touch_many(
-        self,
-        used: Iterable[tuple[str, str, float]],
-        requests: Mapping[str, int] | None = None,
-        finished: Mapping[str, float] | None = None,
+        self, used: Iterable[tuple[str, str, float]], requests: Mapping[str, int], finished: Mapping[str, float]
     ) -> None:
-        """Record last-used times, (model, backend, when), and requests served per model since the last call, in
-        one round trip. Never moves a time back. `finished` (`Usage.drain_finished`): each model's last finished
-        request; when given, only those move the model's last use anywhere (the previous request of the gap
-        rule), so a copy kept recent by a request in flight across a flush does not teach a gap of milliseconds."""
+        """One flush of `Usage.drain_all`, in one round trip: each copy's last use, (model, backend, when), which
+        eviction reads; requests served per model; each model's last finished request, the only thing that moves
+        the model's last use anywhere and teaches its gap between requests (a copy kept recent by a request in
+        flight across a flush is no new request). Never moves a time back."""
         items = list(used)
         if not items and not requests:
             return
         self._count("usage_flush")
         async with self.r.pipeline(transaction=False) as pipe:
-            # Before last-used times move: each model's gap between requests, from the previous last use anywhere.
-            latest: dict[str, float] = dict(finished or {})
-            if finished is None:
-                for model, _bid, when in items:
-                    latest[model] = max(when, latest.get(model, 0.0))
-            seen = [(m, latest[m], n) for m, n in (requests or {}).items() if n > 0 and m in latest]
+            # Before last uses move: each model's gap between requests, from the previous last use anywhere.
+            seen = [(m, finished[m], n) for m, n in requests.items() if n > 0 and m in finished]
             if seen:
                 args: list[Any] = [WEIGHT]
                 for m, when, n in seen:
@@ -40,9 +33,9 @@ class Usage(StoreBase):
                 await self._gaps(keys=[f"{self.p}:lastused", f"{self.p}:gaps"], args=args, client=pipe)
             for model, bid, when in items:
                 pipe.zadd(self.k_lru(bid), {model: when}, gt=True, xx=True)
-            for model, when in latest.items():
+            for model, when in finished.items():
                 pipe.zadd(f"{self.p}:lastused", {model: when}, gt=True)
-            for model, n in (requests or {}).items():
+            for model, n in requests.items():
                 pipe.hincrby(f"{self.p}:requests", model, n)
             await pipe.execute()
 

@@ -25,7 +25,7 @@ async def test_gdsf_evicts_the_model_seen_once_not_the_frequent_older_one(
     for _ in range(5):  # hot's requests reach Redis through the other gateway's batched usage writes
         other.usage.start("hot", "b1")
         other.usage.finish("hot", "b1")
-    await other.store.touch_many(other.usage.drain(), other.usage.drain_requests())
+    await other.store.touch_many(*other.usage.drain_all())
     clock.advance(10)
     placer.usage.start("once", "b1")
     placer.usage.finish("once", "b1")  # once is the most recently used: LRU would evict hot
@@ -77,7 +77,7 @@ async def test_gaps_between_requests_are_learned_in_the_batched_usage_writes_acr
         g = (one, two)[i % 2]
         g.usage.start("tick", "b1")
         g.usage.finish("tick", "b1")
-        await g.store.touch_many(g.usage.drain(), g.usage.drain_requests())
+        await g.store.touch_many(*g.usage.drain_all())
     facts = await one.store.eviction_facts(["tick", "new"])
     assert facts["tick"][2] == pytest.approx(30.0) and facts["new"][2] == 0.0
     # The last request anywhere, which survives eviction (EvictionCandidate.last_request); 0 when never used.
@@ -96,7 +96,7 @@ async def test_candidates_carry_the_last_request_so_a_prewarmed_copy_is_told_fro
     await placer.ensure("used")
     placer.usage.start("used", "b1")
     placer.usage.finish("used", "b1")
-    await placer.store.touch_many(placer.usage.drain(), placer.usage.drain_requests())
+    await placer.store.touch_many(*placer.usage.drain_all())
     clock.advance(5)
     await placer.ensure("ahead")  # loaded with no request yet, as a pre-warm is
     copies = await placer.store.copies_on("b1")
@@ -114,7 +114,7 @@ async def test_a_request_in_flight_across_a_flush_teaches_the_gap_since_the_prev
 
     async def flush() -> None:
         u = placer.usage
-        await placer.store.touch_many(u.drain(), u.drain_requests(), u.drain_finished())
+        await placer.store.touch_many(*u.drain_all())
 
     for _ in range(3):  # every 30 s a request that takes 0.2 s, with a flush while it runs
         clock.advance(30)

@@ -27,7 +27,7 @@ async def serve(placer: Placer, clock: FakeClock, model: str) -> None:
     placer.usage.start(model, backend)
     clock.advance(0.01)  # the request takes a moment after the load committed
     placer.usage.finish(model, backend)
-    await placer.store.touch_many(placer.usage.drain(), placer.usage.drain_requests())
+    await placer.store.touch_many(*placer.usage.drain_all())
 
 
 async def regular(placer: Placer, clock: FakeClock, model: str, times: int) -> None:
@@ -95,7 +95,7 @@ async def test_a_prewarm_evicts_only_an_idle_copy_worth_less_never_one_in_flight
     placer.usage.finish("busy", "b1")
     placer.usage.drain()  # not flushed: Redis still has busy idle since 60 s ago
     other.usage.start("busy", "b1")  # in flight on the other gateway: its flush refreshes the last use
-    await other.store.touch_many(other.usage.drain(), other.usage.drain_requests())
+    await other.store.touch_many(*other.usage.drain_all())
     assert await loader.prewarm("timer", math.inf, 1.5) is None
     assert backends["b1"].held == {"busy"} and backends["b1"].unloads == ["timer"]
     other.usage.finish("busy", "b1")

@@ -19,7 +19,7 @@ async def one_round(placer: Placer, clock: FakeClock, model: str, requests: int)
         backend = ready[i % len(ready)]
         placer.usage.start(model, backend)
         placer.usage.finish(model, backend)
-    await placer.store.touch_many(placer.usage.drain(), placer.usage.drain_requests())
+    await placer.store.touch_many(*placer.usage.drain_all())
     clock.advance(10.0)
     await placer.reconciler.reconcile()
     return sorted(placer.view.ready_backends(model))

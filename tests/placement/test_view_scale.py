@@ -94,7 +94,7 @@ async def test_a_page_of_models_has_every_field_of_each_status(
     await a.store.put_models([triton(f"z{i}") for i in range(3)])
     await a.loader.ensure_copies("b", 2)
     await a.ensure("a")
-    await a.store.touch_many([("b", "b1", 2e9)])
+    await a.store.touch_many([("b", "b1", 2e9)], {"b": 1}, {"b": 2e9})  # one request to b, finished at 2e9
     registry = Registry(a)
     page = await registry.list_models(2, None)
     assert [m["name"] for m in page["models"]] == ["a", "b"] and page["next_cursor"] == "b"
