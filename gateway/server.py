@@ -30,7 +30,6 @@ from gateway.embedded_redis import DataDirLock, DataDirLocked, RedisServer, star
 from gateway.grpc_dataplane import GrpcPortError, build_server
 from gateway.grpc_threads import ThreadedGrpcServer
 from gateway.http_dataplane import HttpDataPlane
-from gateway.http_fast import data_plane_protocol
 from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.tracing import Tracing, provider_from_env
@@ -38,6 +37,28 @@ from gateway.workers import WorkerHeader, reuseport_grpc_server, reuseport_socke
 from placement.redis_health import client as redis_client
 
 log = logging.getLogger("modelyard")
+
+# The uvicorn releases the HTTP fast path (gateway/http_fast.py, built on uvicorn's httptools protocol class and its
+# internals) was built and tested on; constraints.txt pins one of them.
+FAST_PATH_UVICORN = ("0.54.",)
+
+
+def http_protocol(max_body: int) -> type[asyncio.Protocol] | str:
+    """uvicorn's `http` setting: the data plane's fast path on a uvicorn it was tested on, else uvicorn's own
+    httptools protocol (everything behaves the same; only the short path's saving is lost), said once in the log."""
+    version = uvicorn.__version__
+    if version.startswith(FAST_PATH_UVICORN):
+        try:
+            from gateway.http_fast import data_plane_protocol
+        except ImportError as exc:  # uvicorn's internals moved
+            log.warning("HTTP fast path off: uvicorn %s lacks what it is built on (%s)", version, exc)
+        else:
+            return data_plane_protocol(HttpDataPlane.handles, max_body)
+    else:
+        log.warning("HTTP fast path off: uvicorn %s is not a release it was tested on (%s)", version, FAST_PATH_UVICORN)
+    return "httptools"
+
+
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -134,7 +155,7 @@ async def _serve(settings: Settings, redis_url: str, tracing: Tracing) -> None:
         host=settings.host,
         port=settings.http_port,
         lifespan="off",
-        http=data_plane_protocol(HttpDataPlane.handles, settings.max_body_bytes),  # one write per answer
+        http=http_protocol(settings.max_body_bytes),  # one write per data-plane answer, where it can
         loop="none",
         access_log=False,
         log_config=None,  # uvicorn's lines go through modelyard's handler (JSON or text, --log-format)

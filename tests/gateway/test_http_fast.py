@@ -158,3 +158,19 @@ async def test_a_client_gone_before_the_answer_gets_nothing_written() -> None:
     conn.proto.connection_lost(None)  # before the task ran
     await asyncio.gather(*list(conn.state.tasks))
     assert conn.transport.writes == []
+
+
+def test_the_fast_path_is_used_only_on_a_uvicorn_it_was_tested_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from gateway import server
+    from gateway.http_fast import DataPlaneProtocol
+
+    fast = server.http_protocol(1024)
+    assert isinstance(fast, type) and issubclass(fast, DataPlaneProtocol)  # the pinned uvicorn (constraints.txt)
+    monkeypatch.setattr(uvicorn, "__version__", "9.0.0")
+    with caplog.at_level("WARNING", logger="modelyard"):
+        assert server.http_protocol(1024) == "httptools"
+    assert "HTTP fast path off: uvicorn 9.0.0" in caplog.text
