@@ -29,7 +29,7 @@ from placement.settings import PlacementSettings
 from tests.gateway.conftest import TOKEN, offset
 from tests.gateway.test_grpc_dataplane import SERVICE, infer_request, outputs
 from tests.metrics_text import samples, total
-from tests.waiting import eventually_async
+from tests.waiting import eventually, eventually_async
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -182,19 +182,36 @@ async def test_a_full_pool_answers_resource_exhausted_at_once_and_serves_again_w
     await asyncio.to_thread(server_live)
     assert answers.get().live  # a call through the loop (the server's own answer)
 
-    # An open stream holds the only thread.
-    held: queue.SimpleQueue[pb.ModelInferRequest | None] = queue.SimpleQueue()
-
-    def messages() -> Iterator[pb.ModelInferRequest]:
-        while (m := held.get()) is not None:
-            yield m
-
+    # An open stream holds the only thread. It counts as open once the server's handler has answered its first
+    # message (an in-stream error for a model nobody knows): opened too soon after the call above, while the
+    # server still counted that call, the stream itself would be refused, and is opened again.
     channel = grpc.insecure_channel(gw.target)
-    stream = channel.stream_stream(
-        SERVICE + "ModelStreamInfer",
-        request_serializer=pb.ModelInferRequest.SerializeToString,
-        response_deserializer=pb.ModelStreamInferResponse.FromString,
-    )(messages(), timeout=60)
+    streams: list[tuple[Iterator[pb.ModelStreamInferResponse], queue.SimpleQueue[pb.ModelInferRequest | None]]] = []
+
+    def opened() -> bool:
+        held: queue.SimpleQueue[pb.ModelInferRequest | None] = queue.SimpleQueue()
+
+        def messages() -> Iterator[pb.ModelInferRequest]:
+            yield infer_request("nope", [1.0])
+            while (m := held.get()) is not None:
+                yield m
+
+        stream = channel.stream_stream(
+            SERVICE + "ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )(messages(), timeout=60)
+        try:
+            first = next(stream)
+        except grpc.RpcError:  # refused: end its request side too, and try again
+            held.put(None)
+            raise
+        assert "no model or route named 'nope'" in first.error_message, first
+        streams.append((stream, held))
+        return True
+
+    await asyncio.to_thread(eventually, opened, "a stream the server holds open", retry_on=(grpc.RpcError,))
+    stream, held = streams[-1]
     try:
 
         async def exhausted() -> bool:
